@@ -1,0 +1,3 @@
+from nodemedic.cli import main
+
+raise SystemExit(main())

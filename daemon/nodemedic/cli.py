@@ -1,0 +1,166 @@
+"""The `nodemedic` command line: argument parsing and small read-only commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import tomlkit
+
+from nodemedic import __version__
+from nodemedic.config import ConfigError, load_config
+from nodemedic.detector.matcher import Matcher, as_text
+from nodemedic.detector.signatures import load_catalogue
+from nodemedic.durations import format_duration
+from nodemedic.hostroot import HostRoot
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+
+
+def _warn(message: str) -> None:
+    print(f"nodemedic: warning: {message}", file=sys.stderr)
+
+
+def _root(args: argparse.Namespace) -> HostRoot:
+    return HostRoot(Path(args.root)) if args.root else HostRoot()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    root = _root(args)
+    problems = []
+    try:
+        catalogue = load_catalogue(root)
+        known = catalogue.problems
+    except ConfigError as err:
+        problems.extend(err.problems)
+        known = None
+    try:
+        loaded = load_config(root, _warn, known_problems=known)
+    except ConfigError as err:
+        problems.extend(err.problems)
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return EXIT_INVALID
+    print(f"configuration valid: {len(loaded.files)} file(s), {len(catalogue.signatures)} signature(s)"
+          + (f", {len(catalogue.masked)} masked" if catalogue.masked else ""))
+    return EXIT_OK
+
+
+def _flatten(table: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    for name, value in table.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, prefix + (name,))
+        else:
+            yield prefix + (name,), value
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    loaded = load_config(_root(args), _warn)
+    if not args.origins:
+        sys.stdout.write(tomlkit.dumps(loaded.merged))
+        return EXIT_OK
+    rows = [(".".join(key), tomlkit.item(value).as_string(), str(loaded.origins[key]))
+            for key, value in _flatten(loaded.merged)]
+    width = max(len(k) + len(v) for k, v, _ in rows) + 3
+    for key, value, origin in rows:
+        print(f"{key} = {value}".ljust(width) + f"  # {origin}")
+    return EXIT_OK
+
+
+def cmd_signatures_list(args: argparse.Namespace) -> int:
+    catalogue = load_catalogue(_root(args))
+    records = [{"id": s.id, "problem": s.problem, "units": sorted(s.units), "origin": s.origin,
+                "threshold": _threshold_json(s.threshold), "path": str(s.path)} for s in catalogue.signatures]
+    if args.json:
+        json.dump({"signatures": records, "masked": list(catalogue.masked)}, sys.stdout, indent=2)
+        print()
+        return EXIT_OK
+    for s in catalogue.signatures:
+        print(f"{s.id:42} {s.problem:26} {','.join(sorted(s.units)):36} {s.threshold.describe()}")
+    for name in catalogue.masked:
+        print(f"{name:42} (masked)")
+    return EXIT_OK
+
+
+def _threshold_json(threshold: Any) -> dict[str, Any]:
+    if threshold.persists is not None:
+        return {"persists": format_duration(threshold.persists)}
+    return {"count": threshold.count, "window": format_duration(threshold.window)}
+
+
+def _input_lines(stream: Any) -> Iterator[str]:
+    for raw in stream:
+        yield as_text(raw).rstrip("\r\n")
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    matcher = Matcher(load_catalogue(_root(args)).signatures)
+    if args.unit and args.unit not in matcher.units():
+        _warn(f"no signature watches unit {args.unit!r}")
+    out: TextIO = sys.stdout
+    source = sys.stdin.buffer if args.file in (None, "-") else open(args.file, "rb")  # noqa: SIM115
+    try:
+        for number, line in enumerate(_input_lines(source), start=1):
+            ids = [s.id for s in matcher.match(line, args.unit)]
+            if args.json:
+                out.write(json.dumps({"line": number, "signatures": ids}) + "\n")
+            elif ids:
+                out.write(f"{number}: {' '.join(ids)}\n")
+    finally:
+        if source is not sys.stdin.buffer:
+            source.close()
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nodemedic", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"nodemedic {__version__}")
+    parser.add_argument("--root", metavar="DIR",
+                        help="operate on a tree below DIR instead of / (like systemctl --root)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check-config", help="validate configuration and signatures")
+    p.set_defaults(func=cmd_check_config)
+
+    config = sub.add_parser("config", help="show the merged configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    p = config_sub.add_parser("show", help="print the merged configuration as TOML")
+    p.add_argument("--origins", action="store_true", help="say which file and line set each value")
+    p.set_defaults(func=cmd_config_show)
+
+    sigs = sub.add_parser("signatures", help="the signature catalogue")
+    sigs_sub = sigs.add_subparsers(dest="signatures_command", required=True, metavar="ACTION")
+    p = sigs_sub.add_parser("list", help="list id, problem, units and threshold")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_signatures_list)
+
+    p = sub.add_parser("match", help="match journald MESSAGE lines (file or stdin) against the catalogue")
+    p.add_argument("file", nargs="?", help="file of MESSAGE lines; '-' or absent for stdin")
+    p.add_argument("--unit", help="unit the lines came from (default: try every signature)")
+    p.add_argument("--json", action="store_true", help='one {"line": N, "signatures": [...]} per line')
+    p.set_defaults(func=cmd_match)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return handler(args)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_INVALID
+    except BrokenPipeError:
+        return EXIT_OK
+    except OSError as err:
+        print(f"nodemedic: {err.filename or ''}: {err.strerror}", file=sys.stderr)
+        return EXIT_INVALID

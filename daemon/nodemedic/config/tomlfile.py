@@ -1,0 +1,99 @@
+"""Read one TOML file, and remember on which line every key was set.
+
+tomllib returns plain dicts without positions, and neither it nor tomlkit exposes line
+numbers, so a small scanner maps each key path to the line that set it. It only needs to be
+right for well-formed files: broken ones are reported by tomllib itself.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nodemedic.config.errors import ConfigError, Problem
+
+KeyPath = tuple[str, ...]
+
+_KEY_PART = r'(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|\'[^\']*\')'
+_DOTTED = rf"{_KEY_PART}(?:\s*\.\s*{_KEY_PART})*"
+_TABLE = re.compile(rf"^\s*\[\s*({_DOTTED})\s*\]")
+_ARRAY_TABLE = re.compile(rf"^\s*\[\[\s*({_DOTTED})\s*\]\]")
+_ASSIGN = re.compile(rf"^\s*({_DOTTED})\s*=")
+_PART = re.compile(_KEY_PART)
+_DECODE_POSITION = re.compile(r"\(at line (\d+), column \d+\)")
+
+
+def _split_key(dotted: str) -> KeyPath:
+    return tuple(part.strip("\"'") for part in _PART.findall(dotted))
+
+
+def locate_keys(text: str) -> dict[KeyPath, int]:
+    """Line number (1-based) of each key path and table header in a TOML document."""
+    lines: dict[KeyPath, int] = {}
+    table: KeyPath = ()
+    in_multiline: str | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if in_multiline:
+            if line.count(in_multiline) % 2 == 1:
+                in_multiline = None
+            continue
+        if array := _ARRAY_TABLE.match(line):
+            table = _split_key(array.group(1))
+            lines.setdefault(table, number)
+            continue
+        if header := _TABLE.match(line):
+            table = _split_key(header.group(1))
+            lines.setdefault(table, number)
+            continue
+        if assign := _ASSIGN.match(line):
+            key = table + _split_key(assign.group(1))
+            for depth in range(len(table) + 1, len(key) + 1):
+                lines.setdefault(key[:depth], number)
+            rest = line[assign.end():]
+            for quotes in ('"""', "'''"):
+                if rest.count(quotes) % 2 == 1:
+                    in_multiline = quotes
+    return lines
+
+
+@dataclass(frozen=True)
+class TomlFile:
+    path: Path
+    data: dict[str, Any]
+    lines: dict[KeyPath, int] = field(default_factory=dict)
+
+    def line_of(self, key: KeyPath) -> int:
+        """The line that set `key`, or of its closest enclosing table, or 1."""
+        for depth in range(len(key), 0, -1):
+            if key[:depth] in self.lines:
+                return self.lines[key[:depth]]
+        return 1
+
+    def problem(self, key: KeyPath, message: str) -> Problem:
+        return Problem(self.path, self.line_of(key), message)
+
+
+def read_toml(path: Path, display: Path | None = None) -> TomlFile:
+    """Parse `path`; errors name `display` (the path as the operator knows it)."""
+    shown = display or path
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError([Problem(shown, 0, f"cannot read: {err.strerror}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError([Problem(shown, line, "not valid UTF-8")]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        message = str(err)
+        position = _DECODE_POSITION.search(message)
+        line = int(position.group(1)) if position else 1
+        message = _DECODE_POSITION.sub("", message).strip()
+        raise ConfigError([Problem(shown, line, f"invalid TOML: {message}")]) from None
+    return TomlFile(shown, data, locate_keys(text))

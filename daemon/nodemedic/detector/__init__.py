@@ -1,0 +1,1 @@
+"""Detector: journal lines and other events × signatures → suspected problems."""
