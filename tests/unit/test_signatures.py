@@ -2,13 +2,13 @@ import json
 import os
 
 import pytest
+from tests.conftest import REPO
+from tests.unit.helpers import run_cli, write
 
 from nodemedic.config import ConfigError
 from nodemedic.detector.matcher import Matcher
 from nodemedic.detector.signatures import load_catalogue
 from nodemedic.hostroot import HostRoot
-from tests.conftest import REPO
-from tests.unit.helpers import run_cli, write
 
 GOOD = """\
 id = "{id}"
@@ -93,8 +93,9 @@ def test_signatures_list_json_and_text(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "--root", str(tmp_path), "signatures", "list", "--json")
     assert code == 0
     [demo] = [s for s in json.loads(out)["signatures"] if s["id"] == "demo"]
+    path = str(tmp_path / "etc/nodemedic/signatures.d/demo.toml")
     assert demo == {"id": "demo", "problem": "demo-problem", "units": ["demo.service"], "origin": "unit",
-                    "threshold": {"count": 2, "window": "5m"}, "path": str(tmp_path / "etc/nodemedic/signatures.d/demo.toml")}
+                    "threshold": {"count": 2, "window": "5m"}, "path": path}
     code, out, _ = run_cli(capsys, "--root", str(tmp_path), "signatures", "list")
     assert any(line.split()[:2] == ["demo", "demo-problem"] for line in out.splitlines())
 
