@@ -119,6 +119,12 @@ def cmd_match(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from nodemedic.daemon import run  # the daemon's imports (systemd, dbus, grpc) only when needed
+
+    return run(_root(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nodemedic", description=__doc__)
     parser.add_argument("--version", action="version", version=f"nodemedic {__version__}")
@@ -140,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sigs_sub.add_parser("list", help="list id, problem, units and threshold")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_signatures_list)
+
+    p = sub.add_parser("run", help="run the resident daemon (systemd Type=notify)")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("match", help="match journald MESSAGE lines (file or stdin) against the catalogue")
     p.add_argument("file", nargs="?", help="file of MESSAGE lines; '-' or absent for stdin")

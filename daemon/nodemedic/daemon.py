@@ -1,0 +1,219 @@
+"""`nodemedic run`: the resident daemon. One asyncio loop, one queue of events.
+
+sources → detector → engine → repairs; reporters see every transition. Nothing here polls: the
+loop sleeps until the journal, D-Bus or inotify has something, or the watchdog is due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+
+from nodemedic.config import ConfigError, Settings, load_config
+from nodemedic.detector import conditions
+from nodemedic.detector.detector import Detector, Suspicion
+from nodemedic.detector.matcher import Matcher
+from nodemedic.detector.signatures import Catalogue, load_catalogue
+from nodemedic.engine.engine import Engine
+from nodemedic.engine.state import ACTIVE, Phase, StateStore
+from nodemedic.hostroot import HostRoot
+from nodemedic.probes.cri import CriClient
+from nodemedic.repairs import cni
+from nodemedic.repairs.context import RepairContext
+from nodemedic.repairs.remedies import CONFIRMS, CONTAINERD, REMEDIES
+from nodemedic.repairs.safety import Guard
+from nodemedic.report.journal import ERR, INFO, NOTICE, WARNING, Kind, log
+from nodemedic.report.notify import notify, watchdog_interval
+from nodemedic.sources.events import Event, JournalLine, PathChanged, SourceTrouble, UnitChanged
+from nodemedic.sources.journal import JournalSource
+from nodemedic.sources.paths import PathSource
+from nodemedic.sources.systemd_bus import SystemdBus
+from nodemedic.sources.units import UnitSource
+
+QUEUE_LIMIT = 4096  # the journal source waits when the detector falls behind, it never drops
+
+
+@dataclass
+class Loaded:
+    settings: Settings
+    catalogue: Catalogue
+
+
+def load(root: HostRoot) -> Loaded:
+    catalogue = load_catalogue(root)
+    loaded = load_config(root, lambda msg: log(Kind.CONFIG_REJECTED, msg, WARNING),
+                         known_problems=catalogue.problems | frozenset(REMEDIES))
+    return Loaded(loaded.settings, catalogue)
+
+
+class Daemon:
+    def __init__(self, root: HostRoot, loaded: Loaded) -> None:
+        self.root = root
+        self.loaded = loaded
+        settings = loaded.settings
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_LIMIT)
+        self.detector = Detector(Matcher(loaded.catalogue.signatures))
+        self.guard = Guard.from_paths(root.path(p) for p in settings.policy.protected_paths)
+        state_dir = root.path(settings.daemon.state_dir)
+        self.store = StateStore(state_dir / "state.json", self.guard)
+        self.bus = SystemdBus()
+        self.ctx = RepairContext(settings, root, self.guard, self.bus,
+                                 CriClient(str(root.path(settings.paths.containerd_socket))), self.store.load())
+        self.engine = Engine(self.ctx, self.store, REMEDIES, CONFIRMS, on_change=self.update_status)
+        self.journal = JournalSource(settings.daemon.units, self.queue, state_dir / "journal.cursor", self.guard,
+                                     settings.journal.batch_size, settings.journal.replay_window,
+                                     settings.journal.replay_grace)
+        self.units = UnitSource(settings.daemon.units, self.queue, self.bus)
+        self.paths = PathSource({
+            "cni_conf_dir": root.path(settings.paths.cni_conf_dir),
+            "containerd_root": root.path(settings.paths.containerd_root),
+            "ingest_dir": root.path(settings.paths.containerd_root) / "io.containerd.content.v1.content" / "ingest",
+        }, self.queue)
+        self.stopping = asyncio.Event()
+        self._reported_trouble: set[str] = set()
+        self._status = ""
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        notify("STATUS=starting: opening the journal")
+        self.store.path.parent.mkdir(parents=True, exist_ok=True)
+        self.journal.open()
+        self.paths.open()
+        notify("STATUS=starting: subscribing to systemd over D-Bus")
+        units_task = loop.create_task(self.units.run())
+        await self.units.ready.wait()
+        self._check_cni_dir(initial=True)
+        self.engine.resume()
+        for sig, handler in ((signal.SIGTERM, self.stopping.set), (signal.SIGINT, self.stopping.set),
+                             (signal.SIGHUP, lambda: loop.create_task(self.reload()))):
+            loop.add_signal_handler(sig, handler)
+        self._arm_watchdog()
+        log(Kind.STARTED, f"nodemedic started: watching {', '.join(self.ctx.settings.daemon.units)}; "
+            f"{len(self.loaded.catalogue.signatures)} signatures; mode {self.ctx.settings.daemon.mode}", INFO)
+        self.update_status()
+        notify("READY=1")
+        consumer = loop.create_task(self._consume())
+        await self.stopping.wait()
+        notify("STOPPING=1", "STATUS=stopping")
+        log(Kind.STOPPING, "nodemedic stopping", INFO)
+        consumer.cancel()
+        units_task.cancel()
+        self.engine.cancel()
+        await asyncio.gather(consumer, units_task, return_exceptions=True)
+        await self.engine.idle()
+        self.journal.close()
+        self.paths.close()
+        self.bus.close()
+        await self.ctx.cri.close()
+        return 0
+
+    def _arm_watchdog(self) -> None:
+        interval = watchdog_interval()
+        if interval is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def ping() -> None:
+            # Sent from the loop itself: a wedged loop stops the pings and systemd restarts us.
+            notify("WATCHDOG=1")
+            loop.call_later(interval, ping)
+
+        ping()
+
+    async def reload(self) -> None:
+        notify("RELOADING=1", "STATUS=reloading configuration")
+        try:
+            fresh = load(self.root)
+        except ConfigError as err:
+            for problem in err.problems:
+                log(Kind.CONFIG_REJECTED, f"configuration rejected, keeping the old one: {problem}", ERR)
+        else:
+            if fresh.settings.daemon.units != self.ctx.settings.daemon.units:
+                log(Kind.CONFIG_RELOADED, "daemon.units changed: takes effect at the next restart", WARNING)
+            self.loaded = fresh
+            self.ctx.settings = fresh.settings
+            self.detector = Detector(Matcher(fresh.catalogue.signatures))
+            log(Kind.CONFIG_RELOADED, f"configuration reloaded: {len(fresh.catalogue.signatures)} signatures, "
+                f"mode {fresh.settings.daemon.mode}", INFO)
+        notify("READY=1")
+        self.update_status()
+
+    # -- events -------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        while True:
+            event = await self.queue.get()
+            try:
+                self.dispatch(event)
+            except Exception as err:  # one bad event must never take the daemon down
+                log(Kind.SOURCE_TROUBLE, f"failed to handle {type(event).__name__}: {err}", ERR)
+
+    def dispatch(self, event: Event) -> None:
+        if isinstance(event, JournalLine):
+            for suspicion in self.detector.journal_line(event):
+                self.engine.suspect(suspicion)
+        elif isinstance(event, UnitChanged):
+            suspicion = conditions.unit_condition(event, CONTAINERD)
+            if suspicion is not None:
+                self.suspect(suspicion)
+        elif isinstance(event, PathChanged):
+            if event.watch == "cni_conf_dir":
+                self._check_cni_dir()
+        elif isinstance(event, SourceTrouble):
+            log(Kind.SOURCE_TROUBLE, f"{event.source}: {event.detail}; retrying", WARNING, source=event.source)
+
+    def suspect(self, suspicion: Suspicion) -> None:
+        self.engine.suspect(suspicion)
+
+    def _check_cni_dir(self, initial: bool = False) -> None:
+        real, suspicion = conditions.cni_conf_dir(self.ctx.settings, self.root)
+        if real and not self.ctx.state.real_cni_seen:
+            self.ctx.state.real_cni_seen = True
+            self.store.save(self.ctx.state)
+        if real:
+            removed = cni.remove_placeholder_if_superseded(self.ctx)
+            if removed is not None:
+                log(Kind.PLACEHOLDER_REMOVED, f"removed placeholder CNI config {removed}: a real config exists",
+                    NOTICE, path=removed)
+                self.update_status()
+        if suspicion is not None:
+            self.suspect(suspicion)
+
+    # -- status -------------------------------------------------------------------------
+
+    def update_status(self) -> None:
+        settings = self.ctx.settings
+        watching = f"watching {', '.join(settings.daemon.units)}; {len(self.loaded.catalogue.signatures)} signatures"
+        records = self.ctx.state.problems.values()
+        current = self.engine.current
+        if current is not None:
+            problem, number, total, name = current
+            state = f"repairing {problem}: step {number}/{total} ({name})"
+        elif active := [r for r in records if r.phase in ACTIVE]:
+            state = "; ".join(f"{r.problem} {r.phase}" for r in active)
+        elif exhausted := [r for r in records if r.phase == Phase.EXHAUSTED]:
+            state = "needs an operator: " + ", ".join(f"{r.problem} exhausted" for r in exhausted)
+        else:
+            state = "healthy"
+        placeholder = self.root.path(settings.paths.cni_conf_dir) / settings.cni.placeholder_file
+        if placeholder.exists():
+            state += "; placeholder CNI config active (real network not yet configured)"
+        if settings.daemon.mode == "observe":
+            state += "; observe mode"
+        status = f"{watching}; {state}"
+        if status != self._status:
+            self._status = status
+            notify(f"STATUS={status}")
+
+
+def run(root: HostRoot) -> int:
+    try:
+        loaded = load(root)
+    except ConfigError as err:
+        for problem in err.problems:
+            log(Kind.CONFIG_REJECTED, f"cannot start: {problem}", ERR)
+        return 1
+    return asyncio.run(Daemon(root, loaded).run())

@@ -1,0 +1,1 @@
+"""Remedy engine: one state machine per problem, behind a policy gate."""

@@ -1,0 +1,204 @@
+"""The remedy engine: idle → suspected → confirmed → repairing(i) → verifying → healed, or up the
+ladder, or exhausted. Every transition is persisted before the step it announces runs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+
+from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_fixed
+
+from nodemedic.detector.detector import Suspicion
+from nodemedic.engine.policy import Gate
+from nodemedic.engine.state import ACTIVE, Phase, ProblemRecord, StateStore
+from nodemedic.repairs.context import RepairContext
+from nodemedic.repairs.remedies import Probe
+from nodemedic.repairs.step import Remedy, Step
+from nodemedic.report.journal import ERR, INFO, NOTICE, WARNING, Kind, log
+
+
+class Engine:
+    def __init__(self, ctx: RepairContext, store: StateStore, remedies: Mapping[str, Remedy],
+                 confirms: Mapping[str, Probe], on_change: Callable[[], None] = lambda: None) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.remedies = remedies
+        self.confirms = confirms
+        self.on_change = on_change
+        self.gate = Gate(ctx)
+        self._repair_lock = asyncio.Lock()  # one repair at a time on the node
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.current: tuple[str, int, int, str] | None = None  # problem, step no., ladder length, name
+
+    # -- entry points -------------------------------------------------------------------
+
+    def suspect(self, suspicion: Suspicion) -> None:
+        task = self._tasks.get(suspicion.problem)
+        if task is not None and not task.done():
+            return  # already being handled; the running episode will see the result
+        self._tasks[suspicion.problem] = asyncio.get_running_loop().create_task(self._handle(suspicion))
+
+    def resume(self) -> None:
+        """After a restart: verify steps that were in flight, never re-apply them."""
+        for record in list(self.ctx.state.problems.values()):
+            if record.phase in (Phase.REPAIRING, Phase.VERIFYING) and record.problem in self.remedies:
+                self._tasks[record.problem] = asyncio.get_running_loop().create_task(self._resume(record))
+            elif record.phase in (Phase.SUSPECTED, Phase.CONFIRMED):
+                record.move(Phase.IDLE, "daemon restarted before a repair began")
+        self._save()
+
+    async def idle(self) -> None:
+        """Wait for every running episode (tests and shutdown)."""
+        while running := [t for t in self._tasks.values() if not t.done()]:
+            await asyncio.gather(*running, return_exceptions=True)
+
+    def cancel(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+
+    # -- the state machine --------------------------------------------------------------
+
+    async def _handle(self, suspicion: Suspicion) -> None:
+        record = self.ctx.state.record(suspicion.problem)
+        now = time.time()
+        if record.phase in ACTIVE:
+            return
+        exhausted = record.phase == Phase.EXHAUSTED
+        if record.phase == Phase.HEALED and now - record.last_change >= self.ctx.settings.policy.quiet_period:
+            record.episodes = 0  # quiet long enough: the next episode starts without cooldown
+        if not exhausted:
+            record.trigger, record.trigger_cursor = suspicion.trigger, suspicion.cursor
+            self._transition(record, Phase.SUSPECTED, Kind.SUSPECTED, suspicion.detail or suspicion.trigger)
+        if not await self._confirm(suspicion.problem):
+            if exhausted:
+                self._transition(record, Phase.IDLE, Kind.NOT_CONFIRMED, "cleared; live probe is healthy again")
+            else:
+                self._transition(record, Phase.IDLE, Kind.NOT_CONFIRMED, "live probe says healthy; no action")
+            return
+        if exhausted:
+            return  # still broken; waits for the operator or for the probe to clear
+        self._transition(record, Phase.CONFIRMED, Kind.CONFIRMED, "confirmed by live probe"
+                         if suspicion.problem in self.confirms else "confirmed by its signature's threshold")
+        remedy = self.remedies.get(suspicion.problem)
+        refusal = self.gate.refuse_episode(record, remedy)
+        if refusal:
+            log(Kind.HELD_BACK, f"{record.problem}: not repairing: {refusal}", NOTICE,
+                problem=record.problem, reason=refusal)
+            record.detail = refusal
+            self._save()
+            return
+        assert remedy is not None
+        async with self._repair_lock:
+            record.episodes += 1
+            record.attempts = 0
+            await self._climb(record, remedy, 0)
+
+    async def _resume(self, record: ProblemRecord) -> None:
+        remedy = self.remedies[record.problem]
+        step = remedy.steps[record.step]
+        async with self._repair_lock:
+            log(Kind.STEP_STARTED, f"{record.problem}: resuming after restart by verifying {step.name}", NOTICE,
+                problem=record.problem, step=step.name, resumed=1)
+            self._transition(record, Phase.VERIFYING, None, f"verifying {step.name} after restart")
+            if await self._verify(step):
+                self._finish_step(record, step, "ok", resumed=True)
+                self._heal(record)
+                return
+            self._finish_step(record, step, "failed", resumed=True)
+            await self._climb(record, remedy, record.step + 1)
+
+    async def _climb(self, record: ProblemRecord, remedy: Remedy, start: int) -> None:
+        budget = self.ctx.settings.attempt_budget(record.problem)
+        for index in range(start, len(remedy.steps)):
+            step = remedy.steps[index]
+            refusal = self.gate.refuse_step(step)
+            if refusal:
+                self._exhaust(record, f"next step {step.name} held back: {refusal}")
+                return
+            if record.attempts >= budget:
+                self._exhaust(record, f"attempt budget of {budget} used")
+                return
+            try:
+                needed = await step.needed(self.ctx)
+            except Exception as err:  # a probe failing must not kill the episode
+                needed, _ = True, err
+            if not needed:
+                continue
+            record.step, record.step_name = index, step.name
+            record.attempts += 1
+            self.current = (record.problem, index + 1, len(remedy.steps), step.name)
+            self._transition(record, Phase.REPAIRING, None, f"step {index + 1}/{len(remedy.steps)}: {step.name}")
+            log(Kind.STEP_STARTED, f"{record.problem}: step {index + 1}/{len(remedy.steps)} {step.name} "
+                f"({step.klass})", NOTICE, problem=record.problem, step=step.name, step_class=step.klass,
+                signature=record.trigger, trigger_cursor=record.trigger_cursor)
+            try:
+                done = await asyncio.wait_for(step.apply(self.ctx), self.ctx.settings.policy.step_timeout)
+            except Exception as err:
+                self._finish_step(record, step, "failed", error=f"{type(err).__name__}: {err}")
+                continue
+            self._transition(record, Phase.VERIFYING, None, done)
+            if await self._verify(step):
+                self._finish_step(record, step, "ok", detail=done)
+                self._heal(record)
+                return
+            self._finish_step(record, step, "failed", detail=done, error="verification failed")
+        self._exhaust(record, "every step of the ladder was tried")
+
+    # -- helpers ------------------------------------------------------------------------
+
+    async def _confirm(self, problem: str) -> bool:
+        probe = self.confirms.get(problem)
+        if probe is None:
+            return True
+        policy = self.ctx.settings.policy
+        # The component may not have noticed yet (containerd reloads CNI config on its own
+        # fsnotify event), so give the probe a few chances to see the problem.
+        retrying = AsyncRetrying(stop=stop_after_attempt(max(1, policy.verify_attempts)),
+                                 wait=wait_fixed(policy.verify_interval), retry=retry_if_result(lambda ok: not ok),
+                                 retry_error_callback=lambda _state: False)
+        return await retrying(probe, self.ctx)
+
+    async def _verify(self, step: Step) -> bool:
+        policy = self.ctx.settings.policy
+        retrying = AsyncRetrying(stop=stop_after_attempt(max(1, policy.verify_attempts)),
+                                 wait=wait_fixed(policy.verify_interval), retry=retry_if_result(lambda ok: not ok),
+                                 retry_error_callback=lambda _state: False)
+
+        async def attempt() -> bool:
+            try:
+                return await step.verify(self.ctx)
+            except Exception:
+                return False
+
+        return await retrying(attempt)
+
+    def _finish_step(self, record: ProblemRecord, step: Step, result: str, detail: str = "", error: str = "",
+                     resumed: bool = False) -> None:
+        message = f"{record.problem}: step {step.name} {result}" + (f": {error}" if error else "")
+        log(Kind.STEP_FINISHED, message, INFO if result == "ok" else WARNING, problem=record.problem,
+            step=step.name, result=result, detail=detail or None, error=error or None,
+            resumed=1 if resumed else None)
+
+    def _heal(self, record: ProblemRecord) -> None:
+        policy = self.ctx.settings.policy
+        cooldown = min(policy.cooldown * 2 ** max(0, record.episodes - 1), policy.cooldown_max)
+        record.not_before = time.time() + cooldown
+        self.current = None
+        self._transition(record, Phase.HEALED, Kind.HEALED, f"healed by {record.step_name}")
+
+    def _exhaust(self, record: ProblemRecord, reason: str) -> None:
+        self.current = None
+        self._transition(record, Phase.EXHAUSTED, Kind.EXHAUSTED, reason, priority=ERR)
+
+    def _transition(self, record: ProblemRecord, phase: Phase, kind: Kind | None, detail: str,
+                    priority: int = NOTICE) -> None:
+        record.move(phase, detail)
+        self._save()
+        if kind is not None:
+            log(kind, f"{record.problem}: {phase}: {detail}", priority, problem=record.problem, state=phase,
+                signature=record.trigger or None, trigger_cursor=record.trigger_cursor or None)
+
+    def _save(self) -> None:
+        self.store.save(self.ctx.state)
+        self.on_change()

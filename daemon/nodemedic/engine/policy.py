@@ -1,0 +1,38 @@
+"""The policy gate in front of every episode and every step."""
+
+from __future__ import annotations
+
+import time
+
+from nodemedic.engine.state import ProblemRecord
+from nodemedic.repairs.context import RepairContext
+from nodemedic.repairs.step import Remedy, Step, StepClass
+
+
+class Gate:
+    def __init__(self, ctx: RepairContext) -> None:
+        self.ctx = ctx
+        self.paused = False  # set by the operator interface; observe-only until resumed
+
+    def refuse_episode(self, record: ProblemRecord, remedy: Remedy | None) -> str:
+        """Why no repair may start for this problem now, or "" when it may."""
+        settings = self.ctx.settings
+        if remedy is None:
+            return "no remedy is known for this problem; reporting only"
+        if remedy.report_only:
+            return remedy.report_only
+        if settings.daemon.mode == "observe":
+            return "mode is observe"
+        if self.paused:
+            return "paused by the operator"
+        if not settings.problem_enabled(record.problem):
+            return "disabled in configuration"
+        wait = record.not_before - time.time()
+        if wait > 0:
+            return f"cooling down for another {wait:.0f}s after the last repair"
+        return ""
+
+    def refuse_step(self, step: Step) -> str:
+        if step.klass == StepClass.DESTRUCTIVE and not self.ctx.settings.policy.allow_destructive:
+            return "destructive steps are off (policy.allow_destructive = false)"
+        return ""

@@ -1,0 +1,86 @@
+"""Persistent engine state: each problem's position on its ladder, written before every step.
+
+A daemon killed mid-repair restarts from this file and resumes by verifying the step it had
+started, never by applying it again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from nodemedic.repairs.safety import Guard, atomic_write
+
+
+class Phase(StrEnum):
+    IDLE = "idle"
+    SUSPECTED = "suspected"
+    CONFIRMED = "confirmed"
+    REPAIRING = "repairing"
+    VERIFYING = "verifying"
+    HEALED = "healed"
+    EXHAUSTED = "exhausted"
+
+
+ACTIVE = frozenset({Phase.SUSPECTED, Phase.CONFIRMED, Phase.REPAIRING, Phase.VERIFYING})
+
+
+@dataclass
+class ProblemRecord:
+    problem: str
+    phase: Phase = Phase.IDLE
+    step: int = 0  # index into the ladder of the step being (or last) run
+    step_name: str = ""
+    attempts: int = 0  # steps applied in the current episode
+    episodes: int = 0  # repair episodes since the problem was last quiet; drives the cooldown
+    last_change: float = 0.0
+    not_before: float = 0.0  # cooldown: no new episode starts before this time
+    trigger: str = ""  # signature or condition that raised it
+    trigger_cursor: str = ""
+    detail: str = ""
+
+    def move(self, phase: Phase, detail: str = "") -> None:
+        self.phase = phase
+        self.detail = detail
+        self.last_change = time.time()
+
+
+@dataclass
+class EngineState:
+    problems: dict[str, ProblemRecord] = field(default_factory=dict)
+    # Set once a real (non-placeholder) CNI config has been seen on this node.
+    real_cni_seen: bool = False
+
+    def record(self, problem: str) -> ProblemRecord:
+        return self.problems.setdefault(problem, ProblemRecord(problem))
+
+
+class StateStore:
+    def __init__(self, path: Path, guard: Guard) -> None:
+        self.path = path
+        self.guard = guard
+
+    def load(self) -> EngineState:
+        try:
+            raw = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return EngineState()
+        except (OSError, ValueError):
+            # A corrupt state file must not keep the daemon down; start clean, keep the evidence.
+            self.path.rename(self.path.with_suffix(".corrupt"))
+            return EngineState()
+        state = EngineState(real_cni_seen=bool(raw.get("real_cni_seen", False)))
+        for name, record in raw.get("problems", {}).items():
+            known = {k: v for k, v in record.items() if k in ProblemRecord.__dataclass_fields__}
+            known["phase"] = Phase(known.get("phase", "idle"))
+            state.problems[name] = ProblemRecord(**known)
+        return state
+
+    def save(self, state: EngineState) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"real_cni_seen": state.real_cni_seen,
+                "problems": {name: asdict(record) for name, record in sorted(state.problems.items())}}
+        atomic_write(self.guard, self.path, json.dumps(data, indent=1, sort_keys=True).encode(), mode=0o600)

@@ -1,0 +1,1 @@
+"""Repairs: the only code besides reporters that changes the node."""

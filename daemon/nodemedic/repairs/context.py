@@ -1,0 +1,33 @@
+"""Everything a step may use: settings, the node's paths, safety guard, D-Bus, CRI, state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from nodemedic.config import Settings
+from nodemedic.engine.state import EngineState
+from nodemedic.hostroot import HostRoot
+from nodemedic.probes.cri import CriClient, CriError, CriStatus
+from nodemedic.repairs.safety import Guard
+from nodemedic.sources.systemd_bus import SystemdBus
+
+
+@dataclass
+class RepairContext:
+    settings: Settings
+    root: HostRoot
+    guard: Guard
+    bus: SystemdBus
+    cri: CriClient
+    state: EngineState
+
+    def node_path(self, absolute: str) -> Path:
+        return self.root.path(absolute)
+
+    async def cri_status(self) -> CriStatus | None:
+        """CRI Status, or None when containerd cannot be reached."""
+        try:
+            return await self.cri.status()
+        except CriError:
+            return None

@@ -1,0 +1,41 @@
+"""Restart a unit over D-Bus (RestartUnit), never by killing it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from nodemedic.repairs.context import RepairContext
+from nodemedic.repairs.step import StepClass
+from nodemedic.sources.systemd_bus import BusError
+
+Probe = Callable[[RepairContext], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class RestartUnit:
+    unit: str
+    probe: Probe  # what "healthy again" means for the problem this restart is meant to fix
+    klass: StepClass = StepClass.DISRUPTIVE
+    idempotent: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"restart-{self.unit.removesuffix('.service')}"
+
+    async def needed(self, ctx: RepairContext) -> bool:
+        return True
+
+    async def apply(self, ctx: RepairContext) -> str:
+        try:
+            result = await ctx.bus.unit_job("RestartUnit", self.unit, ctx.settings.policy.step_timeout)
+        except BusError as err:
+            raise RuntimeError(f"cannot restart {self.unit}: {err}") from err
+        return f"restarted {self.unit}: job {result}"
+
+    async def verify(self, ctx: RepairContext) -> bool:
+        try:
+            state = await ctx.bus.unit_state(self.unit)
+        except BusError:
+            return False
+        return state.active_state == "active" and await self.probe(ctx)

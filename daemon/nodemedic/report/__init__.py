@@ -1,0 +1,1 @@
+"""Reporters: what the operator sees (journal entries, systemd status)."""

@@ -1,0 +1,50 @@
+"""Structured journal entries: SYSLOG_IDENTIFIER=nodemedic, a stable MESSAGE_ID per event kind,
+and NODEMEDIC_* fields; units/nodemedic.catalog explains each MESSAGE_ID for `journalctl -x`."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+
+try:
+    from systemd import journal as _journal
+except ImportError:  # pragma: no cover - python3-systemd is a hard dependency on a node
+    _journal = None
+
+
+class Kind(Enum):
+    """Event kinds and their MESSAGE_IDs (never change an ID once shipped)."""
+
+    STARTED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f01"
+    STOPPING = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f02"
+    CONFIG_RELOADED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f03"
+    CONFIG_REJECTED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f04"
+    SOURCE_TROUBLE = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f05"
+    SUSPECTED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f10"
+    NOT_CONFIRMED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f11"
+    CONFIRMED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f12"
+    STEP_STARTED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f13"
+    STEP_FINISHED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f14"
+    HEALED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f15"
+    EXHAUSTED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f16"
+    HELD_BACK = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f17"
+    PLACEHOLDER_ACTIVE = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f20"
+    PLACEHOLDER_REMOVED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f21"
+
+
+# syslog priorities
+ERR, WARNING, NOTICE, INFO, DEBUG = 3, 4, 5, 6, 7
+
+
+def log(kind: Kind, message: str, priority: int = INFO, **fields: object) -> None:
+    """Write one entry; field names are upper-cased and prefixed NODEMEDIC_."""
+    extra = {f"NODEMEDIC_{name.upper()}": str(value) for name, value in fields.items() if value is not None}
+    if _journal is not None:
+        try:
+            _journal.send(message, MESSAGE_ID=kind.value, PRIORITY=str(priority),
+                          SYSLOG_IDENTIFIER="nodemedic", **extra)
+            return
+        except OSError:
+            pass  # no journald (a plain shell, a test): fall through to stderr
+    details = " ".join(f"{k}={v}" for k, v in extra.items())
+    print(f"<{priority}>nodemedic: {message} {details}".rstrip(), file=sys.stderr)
