@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodemedic.report.journal import NOTICE, Kind, log
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.safety import atomic_write, ensure_dir, remove_file
 from nodemedic.repairs.step import StepClass
@@ -75,6 +76,8 @@ class WritePlaceholder:
         ensure_dir(ctx.guard, conf_dir)
         target = conf_dir / ctx.settings.cni.placeholder_file
         atomic_write(ctx.guard, target, placeholder_config(ctx.settings.cni.placeholder_subnet), mode=0o644)
+        # Never silent: the placeholder hides a real NotReady signal while it is there.
+        log(Kind.PLACEHOLDER_ACTIVE, f"placeholder CNI config active: {target}", NOTICE, path=target)
         return f"wrote placeholder CNI config {target} ({ctx.settings.cni.placeholder_subnet})"
 
     async def verify(self, ctx: RepairContext) -> bool:
