@@ -2,11 +2,11 @@ import dataclasses
 import json
 
 import pytest
-from tests.unit.helpers import run_cli, write
 
 from nodemedic.config import ConfigError, load_config
 from nodemedic.config.tomlfile import locate_keys
 from nodemedic.hostroot import HostRoot
+from tests.unit.helpers import run_cli, write
 
 
 def test_defaults_alone_are_a_complete_valid_config(tmp_path):

@@ -6,12 +6,12 @@ import re
 import time
 
 import pytest
-from tests.conftest import REPO
-from tests.unit.corpus import CORPUS_DIR, STARTUP_NEGATIVES, read_corpus, read_plain
 
 from nodemedic.detector.matcher import Matcher
 from nodemedic.detector.signatures import Signature, load_catalogue
 from nodemedic.hostroot import HostRoot
+from tests.conftest import REPO
+from tests.unit.corpus import CORPUS_DIR, STARTUP_NEGATIVES, read_corpus, read_plain
 
 # The 21 failure modes of shared/reference/failure-modes.md, by the ids the issue fixes.
 EXPECTED_IDS = {

@@ -2,13 +2,13 @@ import json
 import os
 
 import pytest
-from tests.conftest import REPO
-from tests.unit.helpers import run_cli, write
 
 from nodemedic.config import ConfigError
 from nodemedic.detector.matcher import Matcher
 from nodemedic.detector.signatures import load_catalogue
 from nodemedic.hostroot import HostRoot
+from tests.conftest import REPO
+from tests.unit.helpers import run_cli, write
 
 GOOD = """\
 id = "{id}"
