@@ -161,8 +161,11 @@ class Engine:
 
     async def _verify(self, step: Step) -> bool:
         policy = self.ctx.settings.policy
-        retrying = AsyncRetrying(stop=stop_after_attempt(max(1, policy.verify_attempts)),
-                                 wait=wait_fixed(policy.verify_interval), retry=retry_if_result(lambda ok: not ok),
+        # A step may bring its own schedule (the image-fs warm-up: 5 attempts, 3 s apart).
+        schedule = getattr(step, "verify_schedule", None)
+        attempts, interval = schedule(self.ctx) if schedule else (policy.verify_attempts, policy.verify_interval)
+        retrying = AsyncRetrying(stop=stop_after_attempt(max(1, attempts)),
+                                 wait=wait_fixed(interval), retry=retry_if_result(lambda ok: not ok),
                                  retry_error_callback=lambda _state: False)
 
         async def attempt() -> bool:

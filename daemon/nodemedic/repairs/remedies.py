@@ -1,11 +1,18 @@
-"""Each problem's ladder of steps, least invasive first, and how a suspicion is confirmed."""
+"""Each problem's ladder of steps, least invasive first, and how a suspicion is confirmed.
+
+Problems whose maintainers say "do not touch" get a report-only remedy that says why; the
+reasons come from shared/reference/failure-modes.md's "never" rules.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from nodemedic.repairs import cni
+from nodemedic.repairs import cni, imagefs, ingest, sysctl
+from nodemedic.repairs.cgroup import EnableSystemdCgroup, systemd_cgroup_in_effect
+from nodemedic.repairs.containerd_root import MoveRootAside
 from nodemedic.repairs.context import RepairContext
+from nodemedic.repairs.remedy_probes import runtime_down, runtime_ready
 from nodemedic.repairs.step import Remedy
 from nodemedic.repairs.units import RestartUnit
 
@@ -15,13 +22,16 @@ CONTAINERD = "containerd.service"
 KUBELET = "kubelet.service"
 
 
-async def runtime_ready(ctx: RepairContext) -> bool:
-    status = await ctx.cri_status()
-    return status is not None and status.runtime_ready
+def unit_running(unit: str) -> Probe:
+    async def probe(ctx: RepairContext) -> bool:
+        state = await ctx.bus.unit_state(unit)
+        return state.active_state == "active" and state.sub_state == "running"
+
+    return probe
 
 
-async def runtime_down(ctx: RepairContext) -> bool:
-    return not await runtime_ready(ctx)
+def report_only(problem: str, why: str) -> Remedy:
+    return Remedy(problem, (), report_only=why)
 
 
 REMEDIES: dict[str, Remedy] = {
@@ -29,14 +39,64 @@ REMEDIES: dict[str, Remedy] = {
         cni.WritePlaceholder(),
         RestartUnit(CONTAINERD, cni.network_ready),
     )),
-    "runtime-down": Remedy("runtime-down", (
+    "imagefs-capacity-zero": Remedy("imagefs-capacity-zero", (
+        imagefs.WarmUp(),
+        RestartUnit(CONTAINERD, imagefs.imagefs_healthy),
+        RestartUnit(KUBELET, imagefs.imagefs_healthy, requires=runtime_ready),
+    )),
+    "ingest-stale": Remedy("ingest-stale", (ingest.RemoveStaleIngests(),)),
+    "runtime-down": Remedy("runtime-down", (RestartUnit(CONTAINERD, runtime_ready),)),
+    "containerd-crash-loop": Remedy("containerd-crash-loop", (RestartUnit(CONTAINERD, runtime_ready),)),
+    "kubelet-crash-loop": Remedy("kubelet-crash-loop", (
+        RestartUnit(KUBELET, unit_running(KUBELET), requires=runtime_ready),)),
+    "pleg-unhealthy": Remedy("pleg-unhealthy", (
+        RestartUnit(CONTAINERD, runtime_ready),
+        RestartUnit(KUBELET, unit_running(KUBELET), requires=runtime_ready),
+    )),
+    "inotify-limits": Remedy("inotify-limits", (
+        sysctl.RaiseInotifyLimits(),
         RestartUnit(CONTAINERD, runtime_ready),
     )),
+    "cgroup-driver-mismatch": Remedy("cgroup-driver-mismatch", (
+        EnableSystemdCgroup(),
+        RestartUnit(CONTAINERD, systemd_cgroup_in_effect),
+    )),
+    "containerd-metadata-corrupt": Remedy("containerd-metadata-corrupt", (MoveRootAside(),)),
+    "sandbox-name-reserved": report_only(
+        "sandbox-name-reserved", "kubelet retries and succeeds once the first RunPodSandbox completes; deleting "
+        "sandbox state orphans shims, mounts and IPs (containerd#4604). Look for slow IO, CNI or image pulls"),
+    "node-registration-failed": report_only(
+        "node-registration-failed", "the API server refused or could not be reached: credentials, certificates or "
+        "the network, not the node's runtime"),
+    "swap-enabled": report_only(
+        "swap-enabled", "turning swap off changes the node's memory behaviour: run `swapoff -a` and remove swap "
+        "from /etc/fstab if the node is not meant to swap; never set failSwapOn=false as a blanket fix"),
+    "disk-pressure": report_only(
+        "disk-pressure", "kubelet's own image and container GC reclaims first; free space with `crictl rmi "
+        "--prune`, log rotation or a larger disk. Never delete files under /var/lib/containerd or /var/lib/kubelet"),
+    "join-kubelet-timeout": report_only(
+        "join-kubelet-timeout", "kubeadm join timed out waiting for kubelet; `nodemedic join` retries with cleanup"),
+    "snapshot-rootfs-missing": report_only(
+        "snapshot-rootfs-missing", "remove the pods and the image using the broken snapshot (`crictl rmi`) and "
+        "re-pull; never recreate or delete snapshot directories by hand"),
+    "snapshot-parent-missing": report_only(
+        "snapshot-parent-missing", "retry the pull or remove the half-pulled image (`crictl rmi`); never edit "
+        "snapshot directories or meta.db"),
+    "flannel-subnet-missing": report_only(
+        "flannel-subnet-missing", "flannel writes /run/flannel/subnet.env once its pod runs on this node; fix the "
+        "flannel pod (it needs node.spec.podCIDR)"),
+    "cni-bridge-conflict": report_only(
+        "cni-bridge-conflict", "cni0 carries an old subnet; drain the node, then delete cni0. Deleting it while "
+        "pods run breaks their network"),
 }
 
 # A live probe that says the problem is really there now. A problem without one is confirmed
 # by its signature's threshold alone.
 CONFIRMS: dict[str, Probe] = {
     "cni-config-missing": cni.network_not_ready,
+    "imagefs-capacity-zero": imagefs.imagefs_broken,
+    "ingest-stale": ingest.stale_ingest_present,
     "runtime-down": runtime_down,
+    "containerd-crash-loop": runtime_down,
+    "inotify-limits": sysctl.limits_too_low,
 }

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodemedic.probes.fs import read_mountinfo
+
 
 class UnsafeOperation(Exception):
     """A change that would touch `/`, a protected path, or leave its target."""
@@ -40,6 +42,18 @@ class Guard:
                 if candidate == protected or protected in candidate.parents or candidate in protected.parents:
                     raise UnsafeOperation(f"refusing to touch {target}: protected path {protected}")
         return real
+
+    def check_entry(self, path: str | Path) -> Path:
+        """Like check() for the directory entry itself: the parent is resolved, the last
+        component is not, so a symlink is judged as the link it is, not as its target."""
+        entry = Path(path)
+        parent = Path(os.path.realpath(entry.parent))
+        self.check(parent)
+        lexical = parent / entry.name
+        for protected in self.protected:
+            if lexical == protected or protected in lexical.parents or lexical in protected.parents:
+                raise UnsafeOperation(f"refusing to touch {path}: protected path {protected}")
+        return lexical
 
 
 def atomic_write(guard: Guard, path: str | Path, data: bytes, mode: int = 0o644) -> None:
@@ -74,9 +88,7 @@ def _fsync_dir(directory: Path) -> None:
 
 def remove_file(guard: Guard, path: str | Path) -> bool:
     """Unlink one file (or symlink itself, never its target); False if it was already gone."""
-    target = Path(path)
-    guard.check(target.parent)
-    guard.check(target)
+    target = guard.check_entry(path)
     try:
         st = os.lstat(target)
     except FileNotFoundError:
@@ -103,8 +115,14 @@ def remove_tree(guard: Guard, path: str | Path) -> list[str]:
         return []
     if stat.S_ISLNK(top_st.st_mode) or not stat.S_ISDIR(top_st.st_mode):
         raise UnsafeOperation(f"{top} is not a real directory")
-    # First pass, before anything is removed: refuse the whole removal if the tree holds a
-    # mount point, so a bind mount of a protected directory can never be emptied through it.
+    # Before anything is removed: refuse the whole removal if the tree holds a mount point, so
+    # a bind mount of a protected directory can never be emptied through it. A bind mount from
+    # the same filesystem has the same st_dev as its parent, so the kernel's mount table is
+    # the authority; the st_dev check below also catches mounts made after this look.
+    real_top = os.path.realpath(top)
+    for mount in read_mountinfo():
+        if mount.mount_point == real_top or mount.mount_point.startswith(real_top.rstrip("/") + "/"):
+            raise UnsafeOperation(f"{mount.mount_point} is a mount point inside {top}")
     for dirpath, dirnames, _files, dirfd in os.fwalk(top, topdown=True, follow_symlinks=False):
         for name in dirnames:
             if os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_dev != top_st.st_dev:

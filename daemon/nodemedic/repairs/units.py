@@ -16,6 +16,7 @@ Probe = Callable[[RepairContext], Awaitable[bool]]
 class RestartUnit:
     unit: str
     probe: Probe  # what "healthy again" means for the problem this restart is meant to fix
+    requires: Probe | None = None  # e.g. kubelet is restarted only once containerd is healthy
     klass: StepClass = StepClass.DISRUPTIVE
     idempotent: bool = True
 
@@ -24,7 +25,7 @@ class RestartUnit:
         return f"restart-{self.unit.removesuffix('.service')}"
 
     async def needed(self, ctx: RepairContext) -> bool:
-        return True
+        return self.requires is None or await self.requires(ctx)
 
     async def apply(self, ctx: RepairContext) -> str:
         try:

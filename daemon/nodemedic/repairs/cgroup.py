@@ -1,0 +1,82 @@
+"""cgroup driver: containerd's runc must use the systemd cgroup driver like kubelet does.
+
+The edit is a round trip through tomlkit, so every other line and comment the operator wrote
+stays; a backup is kept next to it. Never regenerate the file from `containerd config default`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import tomlkit
+from tomlkit.items import Table
+
+from nodemedic.probes.cri import CriError
+from nodemedic.repairs.context import RepairContext
+from nodemedic.repairs.safety import atomic_write
+from nodemedic.repairs.step import StepClass
+
+# config version 2 (containerd 1.x) and version 3 (containerd 2.x) paths to runc's options
+RUNC_OPTIONS = {
+    2: ("plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes", "runc", "options"),
+    3: ("plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes", "runc", "options"),
+}
+
+
+def set_systemd_cgroup(text: str) -> tuple[str, bool]:
+    """The config with SystemdCgroup = true, and whether anything changed."""
+    document = tomlkit.parse(text)
+    version = int(document.get("version", 2))
+    path = RUNC_OPTIONS.get(version, RUNC_OPTIONS[2])
+    table = document
+    for key in path:
+        if key not in table:
+            table[key] = tomlkit.table(is_super_table=True)
+        table = table[key]
+        assert isinstance(table, Table | tomlkit.TOMLDocument)
+    if table.get("SystemdCgroup") is True:
+        return text, False
+    table["SystemdCgroup"] = True
+    return tomlkit.dumps(document), True
+
+
+async def systemd_cgroup_in_effect(ctx: RepairContext) -> bool:
+    """What containerd runs with now, from CRI Status(verbose) — not what the file says."""
+    try:
+        info = await ctx.cri.status_info()
+    except (CriError, AttributeError):
+        return False
+    config = json.loads(info.get("config", "{}"))
+    runtimes = config.get("containerd", {}).get("runtimes", {})
+    options = runtimes.get("runc", {}).get("options", {})
+    return bool(options.get("SystemdCgroup"))
+
+
+@dataclass(frozen=True)
+class EnableSystemdCgroup:
+    name: str = "containerd-systemd-cgroup"
+    klass: StepClass = StepClass.SAFE  # the restart that makes it effective is its own step
+    idempotent: bool = True
+
+    async def needed(self, ctx: RepairContext) -> bool:
+        path = ctx.root.path(ctx.settings.paths.containerd_config)
+        text = path.read_text() if path.exists() else ""
+        return set_systemd_cgroup(text)[1]
+
+    async def apply(self, ctx: RepairContext) -> str:
+        path = ctx.root.path(ctx.settings.paths.containerd_config)
+        text = path.read_text() if path.exists() else ""
+        new, changed = set_systemd_cgroup(text)
+        if not changed:
+            return "SystemdCgroup already true"
+        backup = path.with_name(f"{path.name}.nodemedic-{time.strftime('%Y%m%dT%H%M%S')}.bak")
+        if path.exists():
+            atomic_write(ctx.guard, backup, text.encode(), mode=path.stat().st_mode & 0o777)
+        atomic_write(ctx.guard, path, new.encode(), mode=0o644)
+        return f"set SystemdCgroup = true in {path} (backup {backup.name})"
+
+    async def verify(self, ctx: RepairContext) -> bool:
+        # Effective only after containerd restarts: this step alone never counts as healed.
+        return await systemd_cgroup_in_effect(ctx)

@@ -1,0 +1,97 @@
+"""Image filesystem: "invalid capacity 0 on image filesystem".
+
+kubelet sizes the filesystem containerd names in ImageFsInfo; when that mountpoint cannot be
+stat'ed (not created yet, a dangling or symlinked containerd root, a dead mount) it sees
+capacity 0. The ladder warms containerd up (namespace, image and snapshot listings, CRI calls)
+until the mountpoint exists with a capacity > 0, then restarts containerd, then kubelet, in that
+order and kubelet only once containerd is healthy. Never: wipe /var/lib/containerd, prune images
+or touch GC thresholds for this (a stats problem, not a disk-space problem).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from nodemedic.probes.cri import CriError
+from nodemedic.probes.fs import fs_capacity_or_none
+from nodemedic.repairs.commands import run
+from nodemedic.repairs.context import RepairContext
+from nodemedic.repairs.step import StepClass
+from nodemedic.report.journal import WARNING, Kind, log
+
+CTR = "ctr"
+K8S_NAMESPACE = "k8s.io"
+
+
+async def imagefs_problem(ctx: RepairContext) -> str:
+    """Why the image filesystem has no usable capacity, or "" when it is healthy."""
+    try:
+        filesystems = await ctx.cri.imagefs_info()
+    except CriError as err:
+        return f"CRI ImageFsInfo failed: {err}"
+    if not filesystems:
+        return "CRI ImageFsInfo names no image filesystem"
+    for fs in filesystems:
+        capacity = fs_capacity_or_none(str(ctx.root.path(fs.mountpoint)))
+        if capacity is None:
+            return f"statvfs of {fs.mountpoint} fails"
+        if capacity.capacity_bytes == 0:
+            return f"{fs.mountpoint} has capacity 0"
+    return ""
+
+
+async def imagefs_broken(ctx: RepairContext) -> bool:
+    return bool(await imagefs_problem(ctx))
+
+
+async def imagefs_healthy(ctx: RepairContext) -> bool:
+    return not await imagefs_problem(ctx)
+
+
+def symlinked_root(ctx: RepairContext) -> str:
+    """A containerd root that is a symlink: cAdvisor cannot map it to a device (seed 003)."""
+    root = ctx.root.path(ctx.settings.paths.containerd_root)
+    if not root.is_symlink():
+        return ""
+    target = os.path.realpath(root)
+    return (f"{ctx.settings.paths.containerd_root} is a symlink to {target}; kubelet cannot map a symlinked "
+            f"image filesystem to its device. Fix: `nodemedic repoint {target}` (bind mount instead of a link)")
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    """The seed's ctr/crictl warm-up, done through ctr and in-process CRI calls."""
+
+    name: str = "imagefs-warm-up"
+    klass: StepClass = StepClass.SAFE
+    idempotent: bool = True
+
+    async def needed(self, ctx: RepairContext) -> bool:
+        return True
+
+    async def apply(self, ctx: RepairContext) -> str:
+        if advice := symlinked_root(ctx):
+            log(Kind.HELD_BACK, advice, WARNING, problem="imagefs-capacity-zero", reason="symlinked containerd root")
+        address = str(ctx.root.path(ctx.settings.paths.containerd_socket))
+        timeout = ctx.settings.policy.step_timeout
+        done = []
+        for argv in ([CTR, "--address", address, "namespaces", "create", K8S_NAMESPACE],
+                     [CTR, "--address", address, "-n", K8S_NAMESPACE, "images", "ls", "-q"],
+                     [CTR, "--address", address, "-n", K8S_NAMESPACE, "snapshots", "ls"]):
+            result = await run(argv, timeout)
+            # "already exists" from namespaces create is the normal case on a warm node
+            done.append(f"{' '.join(argv[3:])}: rc={result.returncode}")
+        try:
+            await ctx.cri.status()
+            await ctx.cri.imagefs_info()
+            done.append("CRI Status and ImageFsInfo answered")
+        except CriError as err:
+            done.append(f"CRI: {err}")
+        return "; ".join(done)
+
+    async def verify(self, ctx: RepairContext) -> bool:
+        return await imagefs_healthy(ctx)
+
+    def verify_schedule(self, ctx: RepairContext) -> tuple[int, float]:
+        return ctx.settings.imagefs.warmup_attempts, ctx.settings.imagefs.warmup_interval
