@@ -11,7 +11,7 @@ from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_fi
 
 from nodemedic.detector.detector import Suspicion
 from nodemedic.engine.policy import Gate
-from nodemedic.engine.state import ACTIVE, Phase, ProblemRecord, StateStore
+from nodemedic.engine.state import Phase, ProblemRecord, StateStore
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedies import Probe
 from nodemedic.repairs.step import Remedy, Step
@@ -62,8 +62,8 @@ class Engine:
     async def _handle(self, suspicion: Suspicion) -> None:
         record = self.ctx.state.record(suspicion.problem)
         now = time.time()
-        if record.phase in ACTIVE:
-            return
+        if record.phase in (Phase.REPAIRING, Phase.VERIFYING):
+            return  # a step is in flight (or being resumed); its own task finishes the episode
         exhausted = record.phase == Phase.EXHAUSTED
         if record.phase == Phase.HEALED and now - record.last_change >= self.ctx.settings.policy.quiet_period:
             record.episodes = 0  # quiet long enough: the next episode starts without cooldown
@@ -87,6 +87,9 @@ class Engine:
                 problem=record.problem, reason=refusal)
             record.detail = refusal
             self._save()
+            if (wait := self.gate.cooldown_left(record)) > 0:
+                # One timer, armed only now: look again when the cooldown ends.
+                asyncio.get_running_loop().call_later(wait, self.suspect, suspicion)
             return
         assert remedy is not None
         async with self._repair_lock:

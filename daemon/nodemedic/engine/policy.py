@@ -27,10 +27,14 @@ class Gate:
             return "paused by the operator"
         if not settings.problem_enabled(record.problem):
             return "disabled in configuration"
-        wait = record.not_before - time.time()
+        wait = self.cooldown_left(record)
         if wait > 0:
             return f"cooling down for another {wait:.0f}s after the last repair"
         return ""
+
+    @staticmethod
+    def cooldown_left(record: ProblemRecord) -> float:
+        return max(0.0, record.not_before - time.time())
 
     def refuse_step(self, step: Step) -> str:
         if step.klass == StepClass.DESTRUCTIVE and not self.ctx.settings.policy.allow_destructive:
