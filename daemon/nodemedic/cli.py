@@ -119,6 +119,26 @@ def cmd_match(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from nodemedic.doctor import run_doctor
+
+    root = _root(args)
+    diagnosis = run_doctor(load_config(root, _warn).settings, root)
+    if args.json:
+        json.dump(diagnosis.as_json(), sys.stdout, indent=2)
+        print()
+    else:
+        for finding in diagnosis.findings:
+            mark = "ok " if finding.ok else "BAD"
+            print(f"[{mark}] {finding.check}: {finding.detail}")
+            if finding.problem:
+                print(f"      problem {finding.problem}:")
+                for line in finding.plan:
+                    print(f"        {line}")
+        print("healthy" if diagnosis.healthy else "problems found")
+    return EXIT_OK if diagnosis.healthy else EXIT_INVALID
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from nodemedic.daemon import run  # the daemon's imports (systemd, dbus, grpc) only when needed
 
@@ -146,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sigs_sub.add_parser("list", help="list id, problem, units and threshold")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_signatures_list)
+
+    p = sub.add_parser("doctor", help="diagnose the node once, without the daemon; say what would be done")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("run", help="run the resident daemon (systemd Type=notify)")
     p.set_defaults(func=cmd_run)

@@ -1,0 +1,157 @@
+"""`nodemedic doctor`: a one-shot diagnosis that needs no running daemon.
+
+Runs every live probe and every path/unit check once, and says for each problem found what
+nodemedic would do (its ladder) or why it would not (policy, report-only, nothing to probe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from dataclasses import asdict, dataclass, field
+
+from nodemedic.config import Settings
+from nodemedic.engine.policy import Gate
+from nodemedic.engine.state import EngineState, ProblemRecord
+from nodemedic.hostroot import HostRoot
+from nodemedic.probes.cri import CriClient, CriError
+from nodemedic.repairs import cni, imagefs, ingest, sysctl
+from nodemedic.repairs.context import RepairContext
+from nodemedic.repairs.remedies import REMEDIES
+from nodemedic.repairs.safety import Guard
+from nodemedic.sources.systemd_bus import BusError, SystemdBus
+
+
+@dataclass
+class Finding:
+    check: str
+    ok: bool
+    detail: str
+    problem: str = ""
+    plan: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Diagnosis:
+    findings: list[Finding]
+
+    @property
+    def healthy(self) -> bool:
+        return all(f.ok for f in self.findings)
+
+    def as_json(self) -> dict[str, object]:
+        return {"healthy": self.healthy, "findings": [asdict(f) for f in self.findings]}
+
+
+def plan_for(ctx: RepairContext, problem: str) -> list[str]:
+    """What nodemedic would do about `problem`, step by step, or why it would not."""
+    remedy = REMEDIES.get(problem)
+    refusal = Gate(ctx).refuse_episode(ProblemRecord(problem), remedy)
+    if refusal:
+        return [f"would not repair: {refusal}"]
+    assert remedy is not None
+    plan = []
+    for number, step in enumerate(remedy.steps, start=1):
+        held = Gate(ctx).refuse_step(step)
+        plan.append(f"step {number}: {step.name} ({step.klass})" + (f" - held back: {held}" if held else ""))
+    return plan
+
+
+async def _runtime(ctx: RepairContext) -> list[Finding]:
+    socket = ctx.settings.paths.containerd_socket
+    try:
+        status = await ctx.cri.status()
+    except CriError as err:
+        return [Finding("runtime", False, f"CRI at {socket} does not answer: {err}", "runtime-down")]
+    findings = [Finding("runtime", status.runtime_ready, "RuntimeReady" if status.runtime_ready else
+                        f"RuntimeReady=false: {status.runtime_reason} {status.runtime_message}".strip(),
+                        "" if status.runtime_ready else "runtime-down")]
+    conf_dir = ctx.node_path(ctx.settings.paths.cni_conf_dir)
+    real = cni.real_configs(conf_dir, ctx.settings.cni.placeholder_file)
+    placeholder = (conf_dir / ctx.settings.cni.placeholder_file).exists()
+    if status.network_ready:
+        detail = "NetworkReady" + (" (placeholder CNI config active: the real CNI is not installed yet)"
+                                   if placeholder and not real else "")
+        findings.append(Finding("network", True, detail))
+    else:
+        configs = ", ".join(p.name for p in real) or "none"
+        findings.append(Finding("network", False, f"NetworkReady=false ({status.network_reason}: "
+                                f"{status.network_message}); configs in {conf_dir}: {configs}", "cni-config-missing"))
+    problem = await imagefs.imagefs_problem(ctx)
+    findings.append(Finding("image filesystem", not problem, problem or "capacity > 0",
+                            "imagefs-capacity-zero" if problem else ""))
+    return findings
+
+
+def _containerd_root(ctx: RepairContext) -> Finding:
+    configured = ctx.settings.paths.containerd_root
+    root = ctx.node_path(configured)
+    if root.is_symlink():
+        target = os.readlink(root)
+        kind = "a relative symlink" if not os.path.isabs(target) else "a symlink"
+        exists = "" if root.exists() else " (dangling)"
+        return Finding("containerd root", False, f"{configured} is {kind} to {target}{exists}; kubelet cannot map "
+                       f"it to a device. Fix: nodemedic repoint", "imagefs-capacity-zero")
+    if not root.exists():
+        return Finding("containerd root", True, f"{configured} does not exist yet (containerd creates it)")
+    st = root.stat()
+    mode = stat.S_IMODE(st.st_mode)
+    if (st.st_uid, st.st_gid) != (0, 0) or mode not in (0o711, 0o755):
+        return Finding("containerd root", False, f"{configured} is {st.st_uid}:{st.st_gid} {mode:04o}; expected "
+                       "root:root 0711 or 0755")
+    return Finding("containerd root", True, f"{configured}: root:root {mode:04o}")
+
+
+def _host_checks(ctx: RepairContext) -> list[Finding]:
+    findings = [_containerd_root(ctx)]
+    stale = ingest.stale_entries(ctx)
+    findings.append(Finding("content ingest", not stale, f"{len(stale)} stale partial download(s)" if stale
+                            else "no stale partial downloads", "ingest-stale" if stale else ""))
+    try:
+        low = sysctl.too_low(ctx)
+    except OSError as err:
+        findings.append(Finding("inotify limits", True, f"cannot read: {err.strerror}"))
+    else:
+        findings.append(Finding("inotify limits", not low, ", ".join(f"{k}={v}" for k, v in low.items())
+                                + " below what containers need" if low else "sufficient",
+                                "inotify-limits" if low else ""))
+    swaps = ctx.node_path("/proc/swaps")
+    active = swaps.read_text().splitlines()[1:] if swaps.exists() else []
+    findings.append(Finding("swap", not active, f"{len(active)} swap device(s) active" if active else "off",
+                            "swap-enabled" if active else ""))
+    return findings
+
+
+async def _units(ctx: RepairContext) -> list[Finding]:
+    findings = []
+    try:
+        await ctx.bus.connect(ctx.settings.daemon.units, lambda _unit: None)
+        for unit in ctx.settings.daemon.units:
+            state = await ctx.bus.unit_state(unit)
+            looping = state.sub_state == "auto-restart"
+            problem = f"{unit.removesuffix('.service')}-crash-loop" if looping else ""
+            findings.append(Finding(unit, state.active_state == "active" and not looping,
+                                    f"{state.active_state}/{state.sub_state}, {state.n_restarts} restarts"
+                                    + (f", result {state.result}" if state.result not in ("", "success") else ""),
+                                    problem))
+    except BusError as err:
+        findings.append(Finding("systemd", True, f"unit checks skipped: {err}"))
+    finally:
+        ctx.bus.close()
+    return findings
+
+
+async def diagnose(settings: Settings, root: HostRoot) -> Diagnosis:
+    guard = Guard.from_paths(root.path(p) for p in settings.policy.protected_paths)
+    async with CriClient(str(root.path(settings.paths.containerd_socket)), timeout=3.0) as cri:
+        ctx = RepairContext(settings, root, guard, SystemdBus(), cri, EngineState())
+        findings = await _units(ctx) + await _runtime(ctx) + _host_checks(ctx)
+        for finding in findings:
+            if finding.problem:
+                finding.plan = plan_for(ctx, finding.problem)
+    return Diagnosis(findings)
+
+
+def run_doctor(settings: Settings, root: HostRoot) -> Diagnosis:
+    return asyncio.run(diagnose(settings, root))
