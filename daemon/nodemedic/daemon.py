@@ -24,6 +24,7 @@ from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedies import CONFIRMS, CONTAINERD, REMEDIES
 from nodemedic.repairs.safety import Guard
 from nodemedic.report.journal import ERR, INFO, NOTICE, WARNING, Kind, log
+from nodemedic.report.metrics import Metrics
 from nodemedic.report.notify import notify, watchdog_interval
 from nodemedic.sources.events import Event, JournalLine, PathChanged, SourceTrouble, UnitChanged
 from nodemedic.sources.journal import JournalSource
@@ -38,13 +39,16 @@ QUEUE_LIMIT = 4096  # the journal source waits when the detector falls behind, i
 class Loaded:
     settings: Settings
     catalogue: Catalogue
+    # The operator chose the metrics path (not the vendor default): create its directory.
+    metrics_dir_configured: bool
 
 
 def load(root: HostRoot) -> Loaded:
     catalogue = load_catalogue(root)
     loaded = load_config(root, lambda msg: log(Kind.CONFIG_REJECTED, msg, WARNING),
                          known_problems=catalogue.problems | frozenset(REMEDIES))
-    return Loaded(loaded.settings, catalogue)
+    configured = loaded.origins[("metrics", "textfile")].path != loaded.files[0]
+    return Loaded(loaded.settings, catalogue, configured)
 
 
 class Daemon:
@@ -60,10 +64,13 @@ class Daemon:
         self.bus = SystemdBus()
         self.ctx = RepairContext(settings, root, self.guard, self.bus,
                                  CriClient(str(root.path(settings.paths.containerd_socket))), self.store.load())
-        self.engine = Engine(self.ctx, self.store, REMEDIES, CONFIRMS, on_change=self.update_status)
+        textfile = settings.metrics.textfile
+        self.metrics = Metrics(root.path(textfile) if textfile else None, self.guard, loaded.metrics_dir_configured)
+        self.engine = Engine(self.ctx, self.store, REMEDIES, CONFIRMS, on_change=self.update_status,
+                             on_step=self.metrics.step_finished)
         self.journal = JournalSource(settings.daemon.units, self.queue, state_dir / "journal.cursor", self.guard,
                                      settings.journal.batch_size, settings.journal.replay_window,
-                                     settings.journal.replay_grace)
+                                     settings.journal.replay_grace, on_drained=self.update_metrics)
         self.units = UnitSource(settings.daemon.units, self.queue, self.bus)
         self.paths = PathSource({
             "cni_conf_dir": root.path(settings.paths.cni_conf_dir),
@@ -184,7 +191,11 @@ class Daemon:
 
     # -- status -------------------------------------------------------------------------
 
+    def update_metrics(self) -> None:
+        self.metrics.update(self.ctx.state.problems.values(), self.journal.entries_read, self.detector.hit_counts)
+
     def update_status(self) -> None:
+        self.update_metrics()
         settings = self.ctx.settings
         watching = f"watching {', '.join(settings.daemon.units)}; {len(self.loaded.catalogue.signatures)} signatures"
         records = self.ctx.state.problems.values()

@@ -20,12 +20,14 @@ from nodemedic.report.journal import ERR, INFO, NOTICE, WARNING, Kind, log
 
 class Engine:
     def __init__(self, ctx: RepairContext, store: StateStore, remedies: Mapping[str, Remedy],
-                 confirms: Mapping[str, Probe], on_change: Callable[[], None] = lambda: None) -> None:
+                 confirms: Mapping[str, Probe], on_change: Callable[[], None] = lambda: None,
+                 on_step: Callable[[str, str, str], None] = lambda _problem, _step, _result: None) -> None:
         self.ctx = ctx
         self.store = store
         self.remedies = remedies
         self.confirms = confirms
         self.on_change = on_change
+        self.on_step = on_step
         self.gate = Gate(ctx)
         self._repair_lock = asyncio.Lock()  # one repair at a time on the node
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -181,6 +183,7 @@ class Engine:
 
     def _finish_step(self, record: ProblemRecord, step: Step, result: str, detail: str = "", error: str = "",
                      resumed: bool = False) -> None:
+        self.on_step(record.problem, step.name, result)
         message = f"{record.problem}: step {step.name} {result}" + (f": {error}" if error else "")
         log(Kind.STEP_FINISHED, message, INFO if result == "ok" else WARNING, problem=record.problem,
             step=step.name, result=result, detail=detail or None, error=error or None,

@@ -3,6 +3,7 @@ and NODEMEDIC_* fields; units/nodemedic.catalog explains each MESSAGE_ID for `jo
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 
@@ -32,6 +33,8 @@ class Kind(Enum):
     PLACEHOLDER_REMOVED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f21"
 
 
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
 # syslog priorities
 ERR, WARNING, NOTICE, INFO, DEBUG = 3, 4, 5, 6, 7
 
@@ -39,7 +42,8 @@ ERR, WARNING, NOTICE, INFO, DEBUG = 3, 4, 5, 6, 7
 def log(kind: Kind, message: str, priority: int = INFO, **fields: object) -> None:
     """Write one entry; field names are upper-cased and prefixed NODEMEDIC_."""
     extra = {f"NODEMEDIC_{name.upper()}": str(value) for name, value in fields.items() if value is not None}
-    if _journal is not None:
+    # sd_journal_send reports success even with no journald to receive it: look for the socket.
+    if _journal is not None and os.path.exists(JOURNAL_SOCKET):
         try:
             _journal.send(message, MESSAGE_ID=kind.value, PRIORITY=str(priority),
                           SYSLOG_IDENTIFIER="nodemedic", **extra)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from systemd import journal
@@ -21,7 +22,8 @@ from nodemedic.sources.events import Event, JournalLine
 
 class JournalSource:
     def __init__(self, units: tuple[str, ...], queue: asyncio.Queue[Event], cursor_file: Path, guard: Guard,
-                 batch_size: int, replay_window: float, replay_grace: float, path: str | None = None) -> None:
+                 batch_size: int, replay_window: float, replay_grace: float, path: str | None = None,
+                 on_drained: Callable[[], None] = lambda: None) -> None:
         self.units = frozenset(units)
         self.queue = queue
         self.cursor_file = cursor_file
@@ -30,6 +32,7 @@ class JournalSource:
         self.started_us = int((time.time() - replay_grace) * 1_000_000)
         self.replay_window = replay_window
         self.path = path
+        self.on_drained = on_drained
         self.entries_read = 0
         self._reader: journal.Reader | None = None
         self._draining = False
@@ -96,6 +99,7 @@ class JournalSource:
         finally:
             self._draining = False
         self._save_cursor()
+        self.on_drained()
 
     def _read_batch(self) -> list[JournalLine]:
         reader = self._reader

@@ -1,0 +1,86 @@
+"""Prometheus textfile for node-exporter's textfile collector, rewritten atomically on every
+change and never on a timer: an idle daemon leaves the file (and the disk) alone."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
+
+from nodemedic.engine.state import Phase, ProblemRecord
+from nodemedic.repairs.safety import Guard, atomic_write, ensure_dir
+from nodemedic.report.journal import WARNING, Kind, log
+
+disable_created_metrics()
+
+
+class Metrics:
+    def __init__(self, path: Path | None, guard: Guard, create_dir: bool) -> None:
+        self.path = path
+        self.guard = guard
+        self.create_dir = create_dir
+        self._warned = False
+        self._written = b""
+        self._seen_entries = 0
+        self._seen_hits: dict[str, int] = {}
+        self.registry = registry = CollectorRegistry()
+        self.problems = Gauge("nodemedic_problems", "Problems known to nodemedic, by state.", ["state"],
+                              registry=registry)
+        self.problem_state = Gauge("nodemedic_problem_state", "1 for the state each problem is in.",
+                                   ["problem", "state"], registry=registry)
+        self.repairs = Counter("nodemedic_repairs", "Repair steps run, by problem, step and result.",
+                               ["problem", "step", "result"], registry=registry)
+        self.last_repair = Gauge("nodemedic_last_repair_timestamp_seconds",
+                                 "When the last repair step finished (Unix time).", registry=registry)
+        self.entries = Counter("nodemedic_journal_entries_read", "Journal entries read from the watched units.",
+                               registry=registry)
+        self.hits = Counter("nodemedic_signature_hits", "Journal lines that matched a signature.", ["signature"],
+                            registry=registry)
+
+    def step_finished(self, problem: str, step: str, result: str) -> None:
+        self.repairs.labels(problem, step, result).inc()
+        self.last_repair.set(time.time())
+
+    def update(self, records: Iterable[ProblemRecord], entries_read: int, hits: Mapping[str, int]) -> None:
+        """Bring every series up to date and rewrite the file if anything changed."""
+        records = list(records)
+        self.problem_state.clear()
+        for phase in Phase:
+            self.problems.labels(phase.value).set(sum(1 for r in records if r.phase == phase))
+        for record in records:
+            self.problem_state.labels(record.problem, record.phase.value).set(1)
+        self.entries.inc(max(0, entries_read - self._seen_entries))
+        self._seen_entries = entries_read
+        for signature, count in hits.items():
+            before = self._seen_hits.get(signature, 0)
+            # a reload starts the detector's counts afresh: count from zero again
+            self.hits.labels(signature).inc(count - before if count >= before else count)
+            self._seen_hits[signature] = count
+        self.write()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        if not self.path.parent.is_dir():
+            if not self.create_dir:
+                if not self._warned:  # once, not on every change
+                    log(Kind.SOURCE_TROUBLE, f"metrics: {self.path.parent} does not exist (no node-exporter "
+                        "textfile collector?); not writing metrics", WARNING)
+                    self._warned = True
+                return
+            ensure_dir(self.guard, self.path.parent)
+        text = self.render()
+        if text == self._written:
+            return  # nothing changed: leave the file and the disk alone
+        try:
+            atomic_write(self.guard, self.path, text, mode=0o644)
+            self._written = text
+        except OSError as err:
+            if not self._warned:
+                log(Kind.SOURCE_TROUBLE, f"metrics: cannot write {self.path}: {err.strerror}", WARNING)
+                self._warned = True
