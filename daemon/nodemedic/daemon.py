@@ -15,6 +15,7 @@ from nodemedic.detector import conditions
 from nodemedic.detector.detector import Detector, Suspicion
 from nodemedic.detector.matcher import Matcher
 from nodemedic.detector.signatures import Catalogue, load_catalogue
+from nodemedic.doctor import plan_for
 from nodemedic.engine.engine import Engine
 from nodemedic.engine.state import ACTIVE, Phase, StateStore
 from nodemedic.hostroot import HostRoot
@@ -23,6 +24,7 @@ from nodemedic.repairs import cni
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedies import CONFIRMS, CONTAINERD, REMEDIES
 from nodemedic.repairs.safety import Guard
+from nodemedic.report.dbus_api import ApiServer, RefusedError
 from nodemedic.report.journal import ERR, INFO, NOTICE, WARNING, Kind, log
 from nodemedic.report.metrics import Metrics
 from nodemedic.report.notify import notify, watchdog_interval
@@ -66,8 +68,9 @@ class Daemon:
                                  CriClient(str(root.path(settings.paths.containerd_socket))), self.store.load())
         textfile = settings.metrics.textfile
         self.metrics = Metrics(root.path(textfile) if textfile else None, self.guard, loaded.metrics_dir_configured)
+        self.api = ApiServer(self)
         self.engine = Engine(self.ctx, self.store, REMEDIES, CONFIRMS, on_change=self.update_status,
-                             on_step=self.metrics.step_finished)
+                             on_step=self.metrics.step_finished, on_transition=self.api.problem_changed)
         self.journal = JournalSource(settings.daemon.units, self.queue, state_dir / "journal.cursor", self.guard,
                                      settings.journal.batch_size, settings.journal.replay_window,
                                      settings.journal.replay_grace, on_drained=self.update_metrics)
@@ -91,7 +94,9 @@ class Daemon:
         self.paths.open()
         notify("STATUS=starting: subscribing to systemd over D-Bus")
         units_task = loop.create_task(self.units.run())
+        api_task = loop.create_task(self.api.run(self._api_trouble))
         await self.units.ready.wait()
+        await self.api.ready.wait()
         self._check_cni_dir(initial=True)
         self.engine.resume()
         for sig, handler in ((signal.SIGTERM, self.stopping.set), (signal.SIGINT, self.stopping.set),
@@ -108,8 +113,10 @@ class Daemon:
         log(Kind.STOPPING, "nodemedic stopping", INFO)
         consumer.cancel()
         units_task.cancel()
+        api_task.cancel()
         self.engine.cancel()
-        await asyncio.gather(consumer, units_task, return_exceptions=True)
+        await asyncio.gather(consumer, units_task, api_task, return_exceptions=True)
+        self.api.close()
         await self.engine.idle()
         self.journal.close()
         self.paths.close()
@@ -189,6 +196,58 @@ class Daemon:
         if suspicion is not None:
             self.suspect(suspicion)
 
+    # -- the operator's D-Bus API (report/dbus_api.py) ----------------------------------
+
+    def _api_trouble(self, detail: str) -> None:
+        log(Kind.SOURCE_TROUBLE, detail, WARNING, source="api")
+
+    def _known_problem(self, problem: str) -> None:
+        if problem not in REMEDIES:
+            raise RefusedError("UnknownProblem", f"unknown problem {problem!r}; known: {', '.join(sorted(REMEDIES))}")
+
+    def api_state(self) -> str:
+        return self._state_text()
+
+    def api_mode(self) -> str:
+        return "paused" if self.engine.gate.paused else self.ctx.settings.daemon.mode
+
+    def api_problems(self) -> list[list[object]]:
+        return [[r.problem, r.phase.value, r.step_name, r.attempts, int(r.last_change), r.detail]
+                for r in sorted(self.ctx.state.problems.values(), key=lambda r: r.problem)]
+
+    def api_pause(self) -> None:
+        self.engine.gate.paused = True
+        log(Kind.HELD_BACK, "paused by the operator: observing only until resumed", NOTICE, reason="paused")
+        self.update_status()
+
+    def api_resume(self) -> None:
+        self.engine.gate.paused = False
+        log(Kind.CONFIG_RELOADED, "resumed by the operator: repairing again", NOTICE)
+        self.update_status()
+
+    def api_repair(self, problem: str) -> str:
+        self._known_problem(problem)
+        if self.engine.gate.paused:
+            raise RefusedError("Paused", "nodemedic is paused; `nodemedic resume` first")
+        if self.engine.running(problem):
+            raise RefusedError("Busy", f"{problem} is already being handled")
+        self.engine.repair_now(problem)
+        return f"repair of {problem} started"
+
+    def api_plan(self, problem: str) -> list[str]:
+        self._known_problem(problem)
+        return plan_for(self.ctx, problem)
+
+    def api_forget(self, problem: str) -> None:
+        self._known_problem(problem)
+        if self.engine.running(problem):
+            raise RefusedError("Busy", f"{problem} is being repaired; wait for it to finish")
+        self.engine.forget(problem)
+        self.detector.forget(problem)
+
+    def api_reload(self) -> None:
+        asyncio.get_running_loop().create_task(self.reload())
+
     # -- status -------------------------------------------------------------------------
 
     def update_metrics(self) -> None:
@@ -196,6 +255,12 @@ class Daemon:
 
     def update_status(self) -> None:
         self.update_metrics()
+        status = self._state_text()
+        if status != self._status:
+            self._status = status
+            notify(f"STATUS={status}")
+
+    def _state_text(self) -> str:
         settings = self.ctx.settings
         watching = f"watching {', '.join(settings.daemon.units)}; {len(self.loaded.catalogue.signatures)} signatures"
         records = self.ctx.state.problems.values()
@@ -214,10 +279,9 @@ class Daemon:
             state += "; placeholder CNI config active (real network not yet configured)"
         if settings.daemon.mode == "observe":
             state += "; observe mode"
-        status = f"{watching}; {state}"
-        if status != self._status:
-            self._status = status
-            notify(f"STATUS={status}")
+        if self.engine.gate.paused:
+            state += "; paused by the operator"
+        return f"{watching}; {state}"
 
 
 def run(root: HostRoot) -> int:

@@ -21,13 +21,15 @@ from nodemedic.report.journal import ERR, INFO, NOTICE, WARNING, Kind, log
 class Engine:
     def __init__(self, ctx: RepairContext, store: StateStore, remedies: Mapping[str, Remedy],
                  confirms: Mapping[str, Probe], on_change: Callable[[], None] = lambda: None,
-                 on_step: Callable[[str, str, str], None] = lambda _problem, _step, _result: None) -> None:
+                 on_step: Callable[[str, str, str], None] = lambda _problem, _step, _result: None,
+                 on_transition: Callable[[str, str], None] = lambda _problem, _phase: None) -> None:
         self.ctx = ctx
         self.store = store
         self.remedies = remedies
         self.confirms = confirms
         self.on_change = on_change
         self.on_step = on_step
+        self.on_transition = on_transition
         self.gate = Gate(ctx)
         self._repair_lock = asyncio.Lock()  # one repair at a time on the node
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -40,6 +42,25 @@ class Engine:
         if task is not None and not task.done():
             return  # already being handled; the running episode will see the result
         self._tasks[suspicion.problem] = asyncio.get_running_loop().create_task(self._handle(suspicion))
+
+    def running(self, problem: str) -> bool:
+        task = self._tasks.get(problem)
+        return task is not None and not task.done()
+
+    def repair_now(self, problem: str) -> None:
+        """The operator's on-demand repair: no cooldown, and an exhausted problem starts over."""
+        record = self.ctx.state.record(problem)
+        record.not_before = 0.0
+        if record.phase in (Phase.EXHAUSTED, Phase.HEALED):
+            record.move(Phase.IDLE, "repair requested by the operator")
+        record.episodes = 0
+        self._save()
+        self.suspect(Suspicion(problem, "operator", detail="repair requested by the operator"))
+
+    def forget(self, problem: str) -> None:
+        self.ctx.state.problems.pop(problem, None)
+        self._save()
+        self.on_transition(problem, Phase.IDLE)
 
     def resume(self) -> None:
         """After a restart: verify steps that were in flight, never re-apply them."""
@@ -204,6 +225,7 @@ class Engine:
                     priority: int = NOTICE) -> None:
         record.move(phase, detail)
         self._save()
+        self.on_transition(record.problem, phase)
         if kind is not None:
             log(kind, f"{record.problem}: {phase}: {detail}", priority, problem=record.problem, state=phase,
                 signature=record.trigger or None, trigger_cursor=record.trigger_cursor or None)

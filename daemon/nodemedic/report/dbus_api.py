@@ -1,0 +1,137 @@
+"""nodemedic's own D-Bus service: org.nodemedic1 at /org/nodemedic1 on the system bus.
+
+Anyone may read the properties; only root may call methods (units/org.nodemedic1.conf).
+No `from __future__ import annotations` here: dbus-next reads the D-Bus signatures from the
+annotations at runtime.
+"""
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+from dbus_next import BusType
+from dbus_next.aio import MessageBus
+from dbus_next.constants import RequestNameReply
+from dbus_next.errors import DBusError
+from dbus_next.service import PropertyAccess, ServiceInterface, dbus_property, method, signal
+
+BUS_NAME = "org.nodemedic1"
+OBJECT_PATH = "/org/nodemedic1"
+INTERFACE = "org.nodemedic1"
+ERROR_PREFIX = "org.nodemedic1.Error"
+
+
+class Steering(Protocol):
+    """What the daemon offers the API; the daemon implements it."""
+
+    def api_state(self) -> str: ...
+    def api_mode(self) -> str: ...
+    def api_problems(self) -> list[list[object]]: ...
+    def api_pause(self) -> None: ...
+    def api_resume(self) -> None: ...
+    def api_repair(self, problem: str) -> str: ...
+    def api_plan(self, problem: str) -> list[str]: ...
+    def api_forget(self, problem: str) -> None: ...
+    def api_reload(self) -> None: ...
+
+
+class RefusedError(Exception):
+    """A method call the daemon refuses, with a message for the operator."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+def _call(action: Callable[[], object]) -> object:
+    try:
+        return action()
+    except RefusedError as err:
+        raise DBusError(f"{ERROR_PREFIX}.{err.name}", str(err)) from None
+
+
+class NodemedicInterface(ServiceInterface):
+    def __init__(self, daemon: Steering) -> None:
+        super().__init__(INTERFACE)
+        self.daemon = daemon
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> "s":  # noqa: F821, N802 - D-Bus names and signatures
+        return self.daemon.api_state()
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Mode(self) -> "s":  # noqa: F821, N802
+        return self.daemon.api_mode()
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Problems(self) -> "a(sssuxs)":  # noqa: F821, N802 - problem, state, step, attempts, last change, detail
+        return self.daemon.api_problems()
+
+    @method()
+    def Pause(self) -> None:  # noqa: N802
+        _call(self.daemon.api_pause)
+
+    @method()
+    def Resume(self) -> None:  # noqa: N802
+        _call(self.daemon.api_resume)
+
+    @method()
+    def Repair(self, problem: "s") -> "s":  # noqa: F821, N802
+        return _call(lambda: self.daemon.api_repair(problem))
+
+    @method()
+    def Plan(self, problem: "s") -> "as":  # noqa: F821, F722, N802
+        return _call(lambda: self.daemon.api_plan(problem))
+
+    @method()
+    def Forget(self, problem: "s") -> None:  # noqa: F821, N802
+        _call(lambda: self.daemon.api_forget(problem))
+
+    @method()
+    def Reload(self) -> None:  # noqa: N802
+        _call(self.daemon.api_reload)
+
+    @signal()
+    def ProblemChanged(self, problem: str, state: str) -> "ss":  # noqa: F821, N802
+        return [problem, state]
+
+
+class ApiServer:
+    """Owns the bus name and re-acquires it after the bus comes back."""
+
+    def __init__(self, daemon: Steering) -> None:
+        self.interface = NodemedicInterface(daemon)
+        self._bus: MessageBus | None = None
+        self.ready = asyncio.Event()
+
+    async def run(self, on_trouble: Callable[[str], None]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                self._bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+                self._bus.export(OBJECT_PATH, self.interface)
+                reply = await self._bus.request_name(BUS_NAME)
+                if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+                    raise OSError(f"could not own {BUS_NAME}: {reply}")
+                self.ready.set()
+                delay = 0.5
+                await self._bus.wait_for_disconnect()
+                on_trouble("system bus disconnected")
+            except (OSError, EOFError, DBusError) as err:
+                on_trouble(f"D-Bus API unavailable: {err}")
+                self.ready.set()  # start-up must not hang on the optional API
+            if self._bus is not None:
+                self._bus.disconnect()
+                self._bus = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    def problem_changed(self, problem: str, state: str) -> None:
+        if self._bus is not None and self._bus.connected:
+            self.interface.ProblemChanged(problem, state)
+            self.interface.emit_properties_changed({"State": self.interface.daemon.api_state()})
+
+    def close(self) -> None:
+        if self._bus is not None:
+            self._bus.disconnect()
+            self._bus = None
