@@ -139,6 +139,88 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_OK if diagnosis.healthy else EXIT_INVALID
 
 
+EXIT_NOT_RUNNING = 3
+EXIT_DENIED = 4
+
+
+def _steer(member: str, signature: str = "", body: list[Any] | None = None) -> tuple[int, list[Any]]:
+    """Call the running daemon; (exit code, reply) with a clear message on failure."""
+    import asyncio
+
+    from nodemedic.report import dbus_api
+
+    try:
+        return EXIT_OK, asyncio.run(dbus_api.call(member, signature, body))
+    except dbus_api.NotRunning as err:
+        print(f"nodemedic: {err}", file=sys.stderr)
+        return EXIT_NOT_RUNNING, []
+    except dbus_api.Denied as err:
+        print(f"nodemedic: {err}", file=sys.stderr)
+        return EXIT_DENIED, []
+    except dbus_api.Refused as err:
+        print(f"nodemedic: {err}", file=sys.stderr)
+        return EXIT_INVALID, []
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from nodemedic.report import dbus_api
+
+    try:
+        props = asyncio.run(dbus_api.properties())
+    except dbus_api.NotRunning as err:
+        print(f"nodemedic: {err}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    problems = [dict(zip(("problem", "state", "step", "attempts", "last_change", "detail"), row, strict=True))
+                for row in props["Problems"]]
+    active = [p for p in problems if p["state"] not in ("idle", "healed")]
+    if args.json:
+        json.dump({"state": props["State"], "mode": props["Mode"], "problems": problems}, sys.stdout, indent=2)
+        print()
+    else:
+        print(f"nodemedic: {props['State']}")
+        print(f"mode: {props['Mode']}")
+        if problems:
+            print(f"{'PROBLEM':28} {'STATE':10} {'STEP':26} {'ATTEMPTS':>8}  DETAIL")
+            for p in problems:
+                print(f"{p['problem']:28} {p['state']:10} {p['step'] or '-':26} {p['attempts']:>8}  {p['detail']}")
+    return EXIT_INVALID if active else EXIT_OK
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    code, _ = _steer("Pause")
+    if code == EXIT_OK:
+        print("paused: nodemedic observes and reports, and repairs nothing until `nodemedic resume`")
+    return code
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    code, _ = _steer("Resume")
+    if code == EXIT_OK:
+        print("resumed: nodemedic repairs again")
+    return code
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        code, reply = _steer("Plan", "s", [args.problem])
+        for line in reply[0] if reply else []:
+            print(line)
+        return code
+    code, reply = _steer("Repair", "s", [args.problem])
+    if reply:
+        print(reply[0])
+    return code
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    code, _ = _steer("Forget", "s", [args.problem])
+    if code == EXIT_OK:
+        print(f"forgot {args.problem}: its state, attempts and cooldown are cleared")
+    return code
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from nodemedic.daemon import run  # the daemon's imports (systemd, dbus, grpc) only when needed
 
@@ -170,6 +252,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="diagnose the node once, without the daemon; say what would be done")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("status", help="what the running daemon sees (exit 0 healthy, 1 problems, 3 not running)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("pause", help="stop repairing (observe and report only) until resumed")
+    p.set_defaults(func=cmd_pause)
+    p = sub.add_parser("resume", help="repair again after a pause")
+    p.set_defaults(func=cmd_resume)
+    p = sub.add_parser("repair", help="run a problem's ladder now")
+    p.add_argument("problem")
+    p.add_argument("--dry-run", action="store_true", help="print the steps it would take")
+    p.set_defaults(func=cmd_repair)
+    p = sub.add_parser("forget", help="clear a problem's state, attempts and cooldown")
+    p.add_argument("problem")
+    p.set_defaults(func=cmd_forget)
 
     p = sub.add_parser("run", help="run the resident daemon (systemd Type=notify)")
     p.set_defaults(func=cmd_run)

@@ -135,3 +135,46 @@ class ApiServer:
         if self._bus is not None:
             self._bus.disconnect()
             self._bus = None
+
+
+# -- the client side, for the `nodemedic status/pause/resume/repair/forget` commands ----------
+
+class NotRunning(Exception):
+    """Nobody owns org.nodemedic1: the daemon is not running (or the bus is not there)."""
+
+
+class Denied(Exception):
+    """The bus policy refused the call: only root may steer nodemedic."""
+
+
+class Refused(Exception):
+    """The daemon refused the call and said why."""
+
+
+async def call(member: str, signature: str = "", body: list[object] | None = None,
+               interface: str = INTERFACE) -> list[object]:
+    from dbus_next import Message, MessageType
+
+    try:
+        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    except (OSError, EOFError) as err:
+        raise NotRunning(f"cannot reach the system bus: {err}") from err
+    try:
+        reply = await bus.call(Message(destination=BUS_NAME, path=OBJECT_PATH, interface=interface,
+                                       member=member, signature=signature, body=body or []))
+    finally:
+        bus.disconnect()
+    if reply.message_type == MessageType.ERROR:
+        name = reply.error_name or ""
+        text = reply.body[0] if reply.body else name
+        if name in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"):
+            raise NotRunning("nodemedic is not running")
+        if name == "org.freedesktop.DBus.Error.AccessDenied":
+            raise Denied("permission denied: only root may steer nodemedic")
+        raise Refused(text)
+    return list(reply.body)
+
+
+async def properties() -> dict[str, object]:
+    [props] = await call("GetAll", "s", [INTERFACE], interface="org.freedesktop.DBus.Properties")
+    return {name: variant.value for name, variant in props.items()}
