@@ -16,6 +16,7 @@ from nodemedic.config import ConfigError, load_config
 from nodemedic.detector.matcher import Matcher, as_text
 from nodemedic.detector.signatures import load_catalogue
 from nodemedic.durations import format_duration
+from nodemedic.flows import commands as flow_commands
 from nodemedic.hostroot import HostRoot
 
 EXIT_OK = 0
@@ -267,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("forget", help="clear a problem's state, attempts and cooldown")
     p.add_argument("problem")
     p.set_defaults(func=cmd_forget)
+
+    flow_commands.add_parsers(sub)
 
     p = sub.add_parser("run", help="run the resident daemon (systemd Type=notify)")
     p.set_defaults(func=cmd_run)

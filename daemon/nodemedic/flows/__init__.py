@@ -1,0 +1,1 @@
+"""One-shot operator flows built on the engine, safety module and probes: repoint, join."""
