@@ -73,7 +73,8 @@ class Daemon:
                              on_step=self.metrics.step_finished, on_transition=self.api.problem_changed)
         self.journal = JournalSource(settings.daemon.units, self.queue, state_dir / "journal.cursor", self.guard,
                                      settings.journal.batch_size, settings.journal.replay_window,
-                                     settings.journal.replay_grace, on_drained=self.update_metrics)
+                                     settings.journal.replay_grace, on_drained=self.update_metrics,
+                                     prefilter=self.detector.matcher)
         self.units = UnitSource(settings.daemon.units, self.queue, self.bus)
         self.paths = PathSource({
             "cni_conf_dir": root.path(settings.paths.cni_conf_dir),
@@ -150,6 +151,7 @@ class Daemon:
             self.loaded = fresh
             self.ctx.settings = fresh.settings
             self.detector = Detector(Matcher(fresh.catalogue.signatures))
+            self.journal.prefilter = self.detector.matcher
             log(Kind.CONFIG_RELOADED, f"configuration reloaded: {len(fresh.catalogue.signatures)} signatures, "
                 f"mode {fresh.settings.daemon.mode}", INFO)
         notify("READY=1")

@@ -1,15 +1,20 @@
 """Match journal MESSAGEs against the catalogue, cheaply for the common non-matching line.
 
 Most lines match nothing. Each signature carries a plain `literal` every matching line
-contains; `str.__contains__` rejects a line in tens of nanoseconds, so the regexes only run
-for the rare line that already contains a signature's literal.
+contains; one Aho-Corasick automaton per source (unit, origin) finds, in a single pass over the
+line, which literals occur, so the regexes only run for the rare line that already contains a
+signature's literal, and the cost per line does not grow with the size of the catalogue.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import ahocorasick
+
 from nodemedic.detector.signatures import Signature
+
+ANY_SOURCE = ("", "")
 
 
 def as_text(message: str | bytes) -> str:
@@ -19,20 +24,49 @@ def as_text(message: str | bytes) -> str:
     return message
 
 
+def _automaton(signatures: Iterable[tuple[int, Signature]]) -> ahocorasick.Automaton | None:
+    by_literal: dict[str, list[int]] = {}
+    for index, signature in signatures:
+        by_literal.setdefault(signature.literal, []).append(index)
+    if not by_literal:
+        return None
+    automaton = ahocorasick.Automaton()
+    for literal, indices in by_literal.items():
+        automaton.add_word(literal, tuple(indices))
+    automaton.make_automaton()
+    return automaton
+
+
 class Matcher:
     def __init__(self, signatures: Iterable[Signature]) -> None:
         self.signatures = tuple(signatures)
-        self._by_source: dict[tuple[str, str], tuple[Signature, ...]] = {}
-        for signature in self.signatures:
+        sources: dict[tuple[str, str], list[tuple[int, Signature]]] = {ANY_SOURCE: []}
+        for index, signature in enumerate(self.signatures):
+            sources[ANY_SOURCE].append((index, signature))
             for unit in signature.units:
-                key = (unit, signature.origin)
-                self._by_source[key] = self._by_source.get(key, ()) + (signature,)
+                sources.setdefault((unit, signature.origin), []).append((index, signature))
+        self._automata = {source: _automaton(members) for source, members in sources.items()}
 
     def units(self) -> frozenset[str]:
-        return frozenset(unit for unit, _origin in self._by_source)
+        return frozenset(unit for unit, _origin in self._automata if unit)
+
+    def any_literal(self, text: str) -> bool:
+        """False when no signature at all can match: the common, cheap case."""
+        automaton = self._automata[ANY_SOURCE]
+        return automaton is not None and next(automaton.iter(text), None) is not None
+
+    def could_match(self, text: str, unit: str, origin: str) -> bool:
+        """False when no signature for this source can match."""
+        automaton = self._automata.get((unit, origin))
+        return automaton is not None and next(automaton.iter(text), None) is not None
 
     def match(self, message: str | bytes, unit: str | None = None, origin: str = "unit") -> list[Signature]:
         """Signatures matching `message`; `unit=None` tries every signature regardless of unit."""
         text = as_text(message)
-        candidates = self.signatures if unit is None else self._by_source.get((unit, origin), ())
-        return [s for s in candidates if s.literal in text and s.pattern.match(text) is not None]
+        automaton = self._automata.get(ANY_SOURCE if unit is None else (unit, origin))
+        if automaton is None:
+            return []
+        candidates: set[int] = set()
+        for _end, indices in automaton.iter(text):
+            candidates.update(indices)
+        return [self.signatures[i] for i in sorted(candidates) if self.signatures[i].pattern.match(text)]

@@ -12,19 +12,35 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from systemd import journal
 
-from nodemedic.detector.matcher import as_text
 from nodemedic.repairs.safety import Guard, atomic_write
 from nodemedic.sources.events import Event, JournalLine
+
+
+class Prefilter(Protocol):
+    def any_literal(self, text: str) -> bool: ...
+    def could_match(self, text: str, unit: str, origin: str) -> bool: ...
+
+
+class _PassEverything:
+    def any_literal(self, text: str) -> bool:
+        return True
+
+    def could_match(self, text: str, unit: str, origin: str) -> bool:
+        return True
 
 
 class JournalSource:
     def __init__(self, units: tuple[str, ...], queue: asyncio.Queue[Event], cursor_file: Path, guard: Guard,
                  batch_size: int, replay_window: float, replay_grace: float, path: str | None = None,
-                 on_drained: Callable[[], None] = lambda: None) -> None:
+                 on_drained: Callable[[], None] = lambda: None, prefilter: Prefilter | None = None) -> None:
         self.units = frozenset(units)
+        self._unit_bytes = {unit.encode(): unit for unit in units}
+        # The detector's matcher as prefilter; replaced on reload together with the catalogue.
+        self.prefilter: Prefilter = prefilter or _PassEverything()
         self.queue = queue
         self.cursor_file = cursor_file
         self.guard = guard
@@ -93,7 +109,7 @@ class JournalSource:
                 lines = self._read_batch()
                 for line in lines:
                     await self.queue.put(line)
-                if len(lines) < self.batch_size and not self._more_pending:
+                if not self._more_pending:
                     break
                 await asyncio.sleep(0)  # let the rest of the loop run between batches
         finally:
@@ -102,39 +118,55 @@ class JournalSource:
         self.on_drained()
 
     def _read_batch(self) -> list[JournalLine]:
+        """Up to batch_size entries; only lines some signature could match become events.
+
+        Most entries match nothing, so the literal prefilter runs first on MESSAGE alone; the
+        unit fields, cursor and timestamp are only read for the rare candidate line.
+        """
         reader = self._reader
         assert reader is not None
+        get = reader._get
+        units = self._unit_bytes
+        could_match = self.prefilter.could_match
+        any_literal = self.prefilter.any_literal
         lines: list[JournalLine] = []
-        self._more_pending = False
         read = 0
         while read < self.batch_size:
             if not reader._next():
-                return lines
+                break
             read += 1
-            self.entries_read += 1
-            self._cursor = reader._get_cursor()
-            line = self._entry(reader)
-            if line is not None:
-                lines.append(line)
-        self._more_pending = True
+            try:
+                raw = get("MESSAGE")
+            except KeyError:
+                continue
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+            # Cheapest test first, inline on this hot path: any signature's literal in the line?
+            if not any_literal(text):
+                continue
+            try:
+                unit_raw = get("_SYSTEMD_UNIT")
+            except KeyError:
+                unit_raw = b""
+            if unit_raw in units:
+                origin = "unit"
+            else:
+                try:
+                    if get("_PID") != b"1" or (unit_raw := get("UNIT")) not in units:
+                        continue  # coredump/object entries: no signature reads them yet
+                except KeyError:
+                    continue
+                origin = "manager"
+            unit = units[unit_raw]
+            if not could_match(text, unit, origin):
+                continue
+            realtime = reader._get_realtime()
+            lines.append(JournalLine(unit=unit, origin=origin, message=text, cursor=reader._get_cursor(),
+                                     realtime_us=realtime, replay=realtime < self.started_us))
+        self._more_pending = read == self.batch_size
+        if read:
+            self.entries_read += read
+            self._cursor = reader._get_cursor()  # still on the last entry read, even at the end
         return lines
-
-    def _entry(self, reader: journal.Reader) -> JournalLine | None:
-        unit = _field(reader, "_SYSTEMD_UNIT")
-        if unit in self.units:
-            origin = "unit"
-        elif _field(reader, "_PID") == "1" and (unit := _field(reader, "UNIT")) in self.units:
-            origin = "manager"
-        else:
-            return None  # coredump/object entries: not matched by signatures yet
-        message = _field(reader, "MESSAGE")
-        if message is None:
-            return None
-        realtime = reader._get_realtime()
-        return JournalLine(unit=unit, origin=origin, message=message, cursor=self._cursor,
-                           realtime_us=realtime, replay=realtime < self.started_us)
-
-    _more_pending = False
 
     def _save_cursor(self) -> None:
         if self._cursor:
@@ -143,10 +175,3 @@ class JournalSource:
             except OSError:
                 pass  # a full or read-only disk must not stop detection; the next batch retries
 
-
-def _field(reader: journal.Reader, name: str) -> str | None:
-    try:
-        value = reader._get(name)
-    except KeyError:
-        return None
-    return as_text(value)
