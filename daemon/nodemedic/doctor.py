@@ -10,6 +10,7 @@ import asyncio
 import os
 import stat
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from nodemedic.config import Settings
 from nodemedic.engine.policy import Gate
@@ -91,20 +92,49 @@ def _containerd_root(ctx: RepairContext) -> Finding:
         target = os.readlink(root)
         kind = "a relative symlink" if not os.path.isabs(target) else "a symlink"
         exists = "" if root.exists() else " (dangling)"
+        real = os.path.realpath(root)
+        if ctx.root.base != Path("/") and real.startswith(f"{ctx.root.base}/"):
+            real = "/" + os.path.relpath(real, ctx.root.base)  # the node's path, as the operator types it
+        fix = f"nodemedic repoint {real}" if not exists else "restore its target, then repoint"
         return Finding("containerd root", False, f"{configured} is {kind} to {target}{exists}; kubelet cannot map "
-                       f"it to a device. Fix: nodemedic repoint", "imagefs-capacity-zero")
+                       f"it to a device. Fix: {fix}", "imagefs-capacity-zero")
     if not root.exists():
         return Finding("containerd root", True, f"{configured} does not exist yet (containerd creates it)")
     st = root.stat()
     mode = stat.S_IMODE(st.st_mode)
-    if (st.st_uid, st.st_gid) != (0, 0) or mode not in (0o711, 0o755):
+    # containerd 1.6 creates its root 0700 itself (seen on Debian 12); 0711 and 0755 are what
+    # installers and guides use. Anything else, or another owner, lets others into the images.
+    if (st.st_uid, st.st_gid) != (0, 0) or mode not in (0o700, 0o711, 0o755):
         return Finding("containerd root", False, f"{configured} is {st.st_uid}:{st.st_gid} {mode:04o}; expected "
-                       "root:root 0711 or 0755")
+                       "root:root 0700, 0711 or 0755")
     return Finding("containerd root", True, f"{configured}: root:root {mode:04o}")
 
 
+SNAPSHOTTER = "io.containerd.snapshotter.v1.overlayfs"
+
+
+def _snapshot_links(ctx: RepairContext) -> Finding:
+    """Links in the snapshotter's tree whose target is gone: a root moved by a symlink (or by hand)
+    leaves the snapshotter dir, its snapshots dir or single snapshots pointing at the old place,
+    and every container using them fails to mount ("parent snapshot ... does not exist")."""
+    base = ctx.node_path(ctx.settings.paths.containerd_root) / SNAPSHOTTER
+    candidates = [base, base / "snapshots"]
+    try:
+        candidates += sorted((base / "snapshots").iterdir())
+    except OSError:
+        pass
+    dangling = [p for p in candidates if p.is_symlink() and not p.exists()]
+    if dangling:
+        shown = ", ".join(f"{p.relative_to(base.parent)} -> {os.readlink(p)}" for p in dangling[:3])
+        more = f" and {len(dangling) - 3} more" if len(dangling) > 3 else ""
+        return Finding("containerd snapshots", False, f"dangling snapshot link(s): {shown}{more}; containers on "
+                       "them cannot start. Put the data back where the links point, or move the whole root with "
+                       "nodemedic repoint; never recreate snapshot directories by hand", "snapshot-parent-missing")
+    return Finding("containerd snapshots", True, "no dangling snapshot links")
+
+
 def _host_checks(ctx: RepairContext) -> list[Finding]:
-    findings = [_containerd_root(ctx)]
+    findings = [_containerd_root(ctx), _snapshot_links(ctx)]
     stale = ingest.stale_entries(ctx)
     findings.append(Finding("content ingest", not stale, f"{len(stale)} stale partial download(s)" if stale
                             else "no stale partial downloads", "ingest-stale" if stale else ""))

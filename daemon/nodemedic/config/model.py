@@ -73,6 +73,28 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class Repoint:
+    """`nodemedic repoint`: moving containerd's root to other storage."""
+
+    # Filesystem types the target may be on (overlayfs needs d_type and trusted.* xattrs).
+    filesystems: tuple[str, ...]
+    copy_timeout: Seconds
+    progress_interval: Seconds
+
+
+@dataclass(frozen=True)
+class Join:
+    """`nodemedic join`: kubeadm join with preflight, cleanup and retries."""
+
+    attempts: int
+    attempt_timeout: Seconds
+    # Gentle cleanups before an aggressive one is tried (aggressive needs policy.allow_destructive).
+    gentle_cleanups: int
+    backoff: Seconds
+    backoff_max: Seconds
+
+
+@dataclass(frozen=True)
 class ProblemSettings:
     """Per-problem overrides, `[problems.<name>]`; unset keys fall back to [policy]."""
 
@@ -90,6 +112,8 @@ class Settings:
     imagefs: ImageFs
     ingest: Ingest
     metrics: Metrics
+    repoint: Repoint
+    join: Join
     problems: Mapping[str, ProblemSettings]
 
     def problem_enabled(self, problem: str) -> bool:

@@ -31,6 +31,22 @@ class Kind(Enum):
     HELD_BACK = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f17"
     PLACEHOLDER_ACTIVE = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f20"
     PLACEHOLDER_REMOVED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f21"
+    # `nodemedic repoint`
+    REPOINT_REFUSED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f30"
+    REPOINT_STARTED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f31"
+    REPOINT_STEP = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f32"
+    REPOINT_DONE = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f33"
+    REPOINT_ROLLED_BACK = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f34"
+    REPOINT_ROLLBACK_INCOMPLETE = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f35"
+    # `nodemedic join`
+    JOIN_PREFLIGHT = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f40"
+    JOIN_REFUSED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f41"
+    JOIN_ATTEMPT_STARTED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f42"
+    JOIN_ATTEMPT_FAILED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f43"
+    JOIN_SYMPTOM = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f44"
+    JOIN_CLEANUP = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f45"
+    JOIN_SUCCEEDED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f46"
+    JOIN_EXHAUSTED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f47"
 
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"

@@ -1,0 +1,131 @@
+"""The cleanup ladder between join attempts: gentle first, aggressive only when allowed.
+
+gentle (disruptive): restart containerd, then kubelet once containerd is RuntimeReady, and put
+  nodemedic's own CNI placeholder in order (removed once a real config exists, written when the
+  policy wants one and none is there). Nothing is deleted.
+aggressive (destructive; policy.allow_destructive, later attempts only): what `kubeadm reset`
+  would do for a worker that failed mid-join, minus what the "never" rules forbid. kubelet is
+  stopped; the files the failed join wrote are removed (kubelet.conf, bootstrap-kubelet.conf,
+  pki/ca.crt, kubelet's config, flags and client certificates; a retry's preflight otherwise
+  fails with "already exists"); containerd's root is moved aside, never deleted; containerd and
+  kubelet are started again. Never: on a control-plane node (kube-apiserver/etcd manifests,
+  admin.conf, /var/lib/etcd, or a `--control-plane` join), with containers running (their
+  shims), /var/lib/kubelet/pods, plugins or volumes, /etc/cni/net.d or the CNI IPAM state
+  (failure-modes.md: never on a node with workloads), nor any protected path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+
+from nodemedic.flows.services import CONTAINERD, KUBELET, runtime_ready, wait_until, warm_imagefs
+from nodemedic.flows.systemd import FlowBus
+from nodemedic.probes.fs import read_mountinfo
+from nodemedic.repairs import cni
+from nodemedic.repairs.containerd_root import MoveRootAside, running_shims
+from nodemedic.repairs.context import RepairContext
+from nodemedic.repairs.safety import remove_file, remove_tree
+
+
+class Level(StrEnum):
+    GENTLE = "gentle"
+    AGGRESSIVE = "aggressive"
+
+
+# Written by `kubeadm join` on a worker; a retry's preflight refuses while they exist.
+JOIN_FILES = (
+    "/etc/kubernetes/kubelet.conf",
+    "/etc/kubernetes/bootstrap-kubelet.conf",
+    "/etc/kubernetes/pki/ca.crt",
+    "/var/lib/kubelet/config.yaml",
+    "/var/lib/kubelet/instance-config.yaml",
+    "/var/lib/kubelet/kubeadm-flags.env",
+    "/var/lib/kubelet/cpu_manager_state",
+    "/var/lib/kubelet/memory_manager_state",
+)
+JOIN_TREES = ("/var/lib/kubelet/pki",)  # kubelet's client and serving certificates
+CONTROL_PLANE_MARKS = (
+    "/etc/kubernetes/manifests/kube-apiserver.yaml",
+    "/etc/kubernetes/manifests/etcd.yaml",
+    "/etc/kubernetes/admin.conf",
+    "/var/lib/etcd/member",
+)
+
+
+def choose_level(failed_attempt: int, gentle_cleanups: int, allow_destructive: bool) -> tuple[Level, str]:
+    """The cleanup after the `failed_attempt`-th failure, and why it is gentler than the ladder says."""
+    if failed_attempt <= gentle_cleanups:
+        return Level.GENTLE, ""
+    if not allow_destructive:
+        return Level.GENTLE, "aggressive cleanup held back: policy.allow_destructive = false"
+    return Level.AGGRESSIVE, ""
+
+
+def aggressive_refusal(ctx: RepairContext, argv: Sequence[str]) -> str:
+    """Why the aggressive cleanup must not run on this node now, or ""."""
+    if "--control-plane" in argv:
+        return "a control-plane join: never reset a control-plane node without removing it from etcd first"
+    marks = [p for p in CONTROL_PLANE_MARKS if ctx.node_path(p).exists()]
+    if marks:
+        return f"this node looks like a control plane ({marks[0]}): never reset it from here"
+    shims = running_shims()
+    if shims:
+        return f"{len(shims)} container shim(s) running: never clean up under running workloads"
+    return ""
+
+
+async def gentle(ctx: RepairContext) -> list[str]:
+    bus = ctx.bus
+    assert isinstance(bus, FlowBus)
+    timeout, policy = ctx.settings.policy.step_timeout, ctx.settings.policy
+    done = []
+    if removed := cni.remove_placeholder_if_superseded(ctx):
+        done.append(f"removed the superseded placeholder {removed}")
+    elif await cni.WritePlaceholder().needed(ctx):
+        done.append(await cni.WritePlaceholder().apply(ctx))
+    await bus.job("RestartUnit", CONTAINERD, timeout)
+    done.append(f"restarted {CONTAINERD}")
+    if not await wait_until(lambda: runtime_ready(ctx), policy.verify_attempts, policy.verify_interval):
+        raise RuntimeError(f"{CONTAINERD} is not RuntimeReady after its restart; kubelet left alone")
+    await bus.job("RestartUnit", KUBELET, timeout)
+    done.append(f"restarted {KUBELET}")
+    return done
+
+
+def remove_join_files(ctx: RepairContext) -> list[str]:
+    """Remove what a failed `kubeadm join` wrote, nothing else (kubelet must be stopped)."""
+    done = []
+    for path in JOIN_FILES:
+        if remove_file(ctx.guard, ctx.node_path(path)):
+            done.append(f"removed {path}")
+    for path in JOIN_TREES:
+        if remove_tree(ctx.guard, ctx.node_path(path)):
+            done.append(f"removed {path}/")
+    if removed := cni.remove_placeholder_if_superseded(ctx):
+        done.append(f"removed the superseded placeholder {removed}")
+    return done
+
+
+async def aggressive(ctx: RepairContext) -> list[str]:
+    bus = ctx.bus
+    assert isinstance(bus, FlowBus)
+    timeout = ctx.settings.policy.step_timeout
+    await bus.job("StopUnit", KUBELET, timeout)
+    done = [f"stopped {KUBELET}", *remove_join_files(ctx)]
+    step = MoveRootAside()
+    root = str(ctx.node_path(ctx.settings.paths.containerd_root))
+    # A repointed root is a mount point: renaming it fails, and its data is not ours to move.
+    mounted = any(m.mount_point == root for m in read_mountinfo())
+    if not mounted and await step.needed(ctx):
+        # stops kubelet and containerd, renames the root next to itself, starts both again
+        done.append(await step.apply(ctx))
+    else:
+        done.append(f"kept {ctx.settings.paths.containerd_root} (a mount point, a symlink or missing: not moved)")
+        await bus.job("RestartUnit", CONTAINERD, timeout)
+        await bus.job("StartUnit", KUBELET, timeout)
+        done.append(f"restarted {CONTAINERD}, started {KUBELET}")
+    if problem := await warm_imagefs(ctx):
+        raise RuntimeError(f"after the cleanup: {problem}")
+    done.append("image filesystem warm again")
+    return done
