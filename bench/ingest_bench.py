@@ -78,7 +78,7 @@ async def nodemedic_rate(directory: Path, total: int, work: Path) -> tuple[float
             lines += 1
             suspicions += len(detector.journal_line(line))
 
-    source.on_drained = done.set
+    source.on_drained = lambda _moved: done.set()
     start = time.perf_counter()
     consumer = asyncio.get_running_loop().create_task(consume())
     source.open()

@@ -73,7 +73,7 @@ class Daemon:
                              on_step=self.metrics.step_finished, on_transition=self.api.problem_changed)
         self.journal = JournalSource(settings.daemon.units, self.queue, state_dir / "journal.cursor", self.guard,
                                      settings.journal.batch_size, settings.journal.replay_window,
-                                     settings.journal.replay_grace, on_drained=self.update_metrics,
+                                     settings.journal.replay_grace, on_drained=self.journal_drained,
                                      prefilter=self.detector.matcher)
         self.units = UnitSource(settings.daemon.units, self.queue, self.bus)
         self.paths = PathSource({
@@ -251,6 +251,10 @@ class Daemon:
         asyncio.get_running_loop().create_task(self.reload())
 
     # -- status -------------------------------------------------------------------------
+
+    def journal_drained(self, moved: bool) -> None:
+        if moved:  # a wake-up for another unit's entry changes nothing worth writing
+            self.update_metrics()
 
     def update_metrics(self) -> None:
         self.metrics.update(self.ctx.state.problems.values(), self.journal.entries_read, self.detector.hit_counts)

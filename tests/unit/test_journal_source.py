@@ -29,7 +29,7 @@ def drain(directory: Path, cursor_file: Path, **kw) -> list[JournalLine]:
         done = asyncio.Event()
         source = JournalSource(UNITS, queue, cursor_file, Guard.from_paths([]), batch_size=kw.get("batch", 7),
                                replay_window=kw.get("window", 3600), replay_grace=5, path=str(directory),
-                               on_drained=done.set, prefilter=kw.get("prefilter", MATCHER))
+                               on_drained=lambda _moved: done.set(), prefilter=kw.get("prefilter", MATCHER))
         source.open()
         await done.wait()
         source.close()

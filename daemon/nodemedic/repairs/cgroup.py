@@ -46,7 +46,7 @@ async def systemd_cgroup_in_effect(ctx: RepairContext) -> bool:
     """What containerd runs with now, from CRI Status(verbose) — not what the file says."""
     try:
         info = await ctx.cri.status_info()
-    except (CriError, AttributeError):
+    except CriError:
         return False
     config = json.loads(info.get("config", "{}"))
     runtimes = config.get("containerd", {}).get("runtimes", {})

@@ -36,7 +36,7 @@ class _PassEverything:
 class JournalSource:
     def __init__(self, units: tuple[str, ...], queue: asyncio.Queue[Event], cursor_file: Path, guard: Guard,
                  batch_size: int, replay_window: float, replay_grace: float, path: str | None = None,
-                 on_drained: Callable[[], None] = lambda: None, prefilter: Prefilter | None = None) -> None:
+                 on_drained: Callable[[bool], None] = lambda _moved: None, prefilter: Prefilter | None = None) -> None:
         self.units = frozenset(units)
         self._unit_bytes = {unit.encode(): unit for unit in units}
         # The detector's matcher as prefilter; replaced on reload together with the catalogue.
@@ -53,6 +53,7 @@ class JournalSource:
         self._reader: journal.Reader | None = None
         self._draining = False
         self._cursor = ""
+        self._saved = ""
 
     def open(self) -> None:
         reader = journal.Reader(path=self.path) if self.path else journal.Reader()
@@ -114,8 +115,12 @@ class JournalSource:
                 await asyncio.sleep(0)  # let the rest of the loop run between batches
         finally:
             self._draining = False
-        self._save_cursor()
-        self.on_drained()
+        # Any write to the journal wakes us; only touch the disk and the metrics when this
+        # wake-up actually moved our position.
+        moved = self._cursor != self._saved
+        if moved:
+            self._save_cursor()
+        self.on_drained(moved)
 
     def _read_batch(self) -> list[JournalLine]:
         """Up to batch_size entries; only lines some signature could match become events.
@@ -172,6 +177,7 @@ class JournalSource:
         if self._cursor:
             try:
                 atomic_write(self.guard, self.cursor_file, self._cursor.encode(), mode=0o600)
+                self._saved = self._cursor
             except OSError:
                 pass  # a full or read-only disk must not stop detection; the next batch retries
 

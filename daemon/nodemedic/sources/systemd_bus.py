@@ -30,6 +30,8 @@ class SystemdBus:
         self._bus: MessageBus | None = None
         self._paths: dict[str, str] = {}  # unit object path -> unit name
         self._jobs: dict[str, asyncio.Future[str]] = {}
+        # JobRemoved can arrive before the reply that names the job: keep such results here.
+        self._finished: dict[str, str] = {}
         self._on_change: Callable[[str], None] = lambda _unit: None
 
     @property
@@ -81,6 +83,8 @@ class SystemdBus:
             raise ValueError(verb)
         loop = asyncio.get_running_loop()
         [job] = await self._call(MANAGER_PATH, MANAGER, verb, "ss", [unit, "replace"])
+        if job in self._finished:
+            return self._finished.pop(job)
         future = self._jobs.setdefault(job, loop.create_future())
         try:
             return await asyncio.wait_for(future, timeout)
@@ -113,6 +117,10 @@ class SystemdBus:
             future = self._jobs.get(job)
             if future is not None and not future.done():
                 future.set_result(result)
+            elif future is None:
+                self._finished[job] = result
+                while len(self._finished) > 64:  # jobs of others, nobody will ask for them
+                    self._finished.pop(next(iter(self._finished)))
             if unit in self._paths.values():
                 self._on_change(unit)
         elif message.member == "PropertiesChanged" and message.path in self._paths:
