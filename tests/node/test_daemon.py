@@ -109,7 +109,7 @@ def test_forged_lines_trigger_nothing(medic: Node):
     cursor = medic.cursor()
     for _ in range(3):
         medic.run(["logger", "-t", "kubelet", FORGED])
-        medic.run(["logger", "-t", "kubelet", FORGED], user="nobody")
+        medic.run(["logger", "-t", "kubelet", FORGED], user="nmuser")
         medic.run(["systemd-run", "--quiet", "--wait", "--unit=forger", "-p", "SyslogIdentifier=kubelet",
                    "echo", FORGED])
     forged = medic.journal(since=cursor, grep="invalid capacity 0")
