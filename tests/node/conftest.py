@@ -1,0 +1,145 @@
+"""pytest fixtures for the node test bed (see README.md in this directory).
+
+Every test in tests/node that uses the `node` fixture is marked `node` automatically. A node test
+never skips: without root or the tools it fails and says what is missing, so CI cannot pass by
+running nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+# One import name for the test bed everywhere: tests.node.testbed (from the repo root), and
+# nodemedic's probes from the working tree.
+for p in (str(HERE.parents[1]), str(HERE.parents[1] / "daemon")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from tests.node.testbed import faults  # noqa: E402
+from tests.node.testbed.node import Node, boot_node  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # CI stops a run with SIGTERM: turn it into an interrupt so fixtures still halt and remove
+    # their nodes (Python's default for SIGTERM would skip every finalizer).
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "node" in getattr(item, "fixturenames", ()) and HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.node)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed:
+        # Remember per module, so the node fixture can dump the node's state before it goes.
+        item.module.__dict__["_nodebed_failed"] = True  # type: ignore[attr-defined]
+    return report
+
+
+def _dump(node: Node) -> None:
+    """What CI needs to debug a failed node test: failed units and the journal's tail."""
+    try:
+        print(f"\n===== node {node.name}: systemctl --failed =====", file=sys.stderr)
+        print(node.systemctl("--failed", "--no-legend", check=False).stdout, file=sys.stderr)
+        print(f"===== node {node.name}: journal (last 150) =====", file=sys.stderr)
+        print(node.run(["journalctl", "--no-pager", "-n", "150"], check=False).stdout, file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - diagnostics must not hide the real failure
+        print(f"(could not collect node diagnostics: {e})", file=sys.stderr)
+
+
+@pytest.fixture(scope="module")
+def node(request: pytest.FixtureRequest) -> Iterator[Node]:
+    """One booted node per test module, with the working tree's nodemedic installed (not started).
+    Tests in a module share it, so every fault must be undone (use `inject`)."""
+    prefix = "nm-" + request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")[:20]
+    n = boot_node(prefix)
+    try:
+        yield n
+    finally:
+        if request.module.__dict__.get("_nodebed_failed") or os.environ.get("NODEMEDIC_TESTBED_DUMP"):
+            _dump(n)
+        n.stop()
+
+
+@pytest.fixture
+def inject(node: Node) -> Iterator[Callable[..., faults.Fault]]:
+    """`inject(faults.empty_cni_dir, restart_containerd=True)` -> Fault; every fault injected in
+    the test is restored afterwards, newest first, even when the test fails."""
+    active: list[faults.Fault] = []
+
+    def _inject(fn: Callable[..., faults.Fault], *args: Any, **kw: Any) -> faults.Fault:
+        fault = fn(node, *args, **kw)
+        active.append(fault)
+        return fault
+
+    yield _inject
+    errors = []
+    for fault in reversed(active):
+        try:
+            fault.restore()
+        except Exception as e:  # noqa: BLE001 - restore the rest, then report
+            errors.append(f"{fault.name}: {e}")
+    if errors:
+        raise AssertionError("restoring injected faults failed: " + "; ".join(errors))
+
+
+@pytest.fixture
+def cursor(node: Node) -> str:
+    """The node's journal cursor at the start of the test: pass as `since=` to see only what follows."""
+    return node.cursor()
+
+
+KUBELET_FAST = {"image_gc_period": 2, "runtime_sync_period": 2, "runtime_down_after": 6, "v": 4}
+
+
+@pytest.fixture
+def fast_kubelet(node: Node) -> Iterator[dict[str, float]]:
+    """The kubelet stand-in with short periods (image GC every 2 s, runtime down after 6 s) and
+    -v=4 (logs every successful image GC), restarted and seen healthy; back to its defaults
+    afterwards. Needs a healthy node at the start."""
+    since = node.cursor()
+    node.configure_kubelet(**KUBELET_FAST)
+    # Steady state first: one successful image GC means its CRI calls and statvfs work.
+    node.wait_for_journal(
+        '"Image garbage collection succeeded"', unit="kubelet.service", since=since, timeout=20
+    )
+    yield dict(KUBELET_FAST)
+    node.configure_kubelet()
+
+
+@pytest.fixture
+def empty_cni(inject: Callable[..., faults.Fault]) -> faults.Fault:
+    """/etc/cni/net.d emptied and containerd restarted with no CNI config."""
+    return inject(faults.empty_cni_dir, restart_containerd=True)
+
+
+@pytest.fixture
+def stale_ingest(inject: Callable[..., faults.Fault]) -> faults.Fault:
+    """A three-day-old half-written ingest in containerd's content store."""
+    return inject(faults.stale_ingest)
+
+
+@pytest.fixture
+def crash_looping_kubelet(inject: Callable[..., faults.Fault]) -> faults.Fault:
+    """kubelet.service failing on start (missing --config file) and restarted every second."""
+    return inject(faults.crash_loop, "kubelet.service")
+
+
+@pytest.fixture
+def containerd_stopped(inject: Callable[..., faults.Fault]) -> faults.Fault:
+    return inject(faults.stop_containerd)
