@@ -227,6 +227,8 @@ class Daemon:
         self.engine.gate.paused = False
         log(Kind.CONFIG_RELOADED, "resumed by the operator: repairing again", NOTICE)
         self.update_status()
+        self.engine.retry_held()
+        self._check_cni_dir()
 
     def api_repair(self, problem: str) -> str:
         self._known_problem(problem)

@@ -20,6 +20,8 @@ class Suspicion:
     trigger: str  # signature id or condition name
     cursor: str = ""
     detail: str = ""
+    # The operator asked for it (nodemedic repair): no cooldown, and "disabled" does not apply.
+    forced: bool = False
 
 
 class _Hits:

@@ -55,7 +55,13 @@ class Engine:
             record.move(Phase.IDLE, "repair requested by the operator")
         record.episodes = 0
         self._save()
-        self.suspect(Suspicion(problem, "operator", detail="repair requested by the operator"))
+        self.suspect(Suspicion(problem, "operator", detail="repair requested by the operator", forced=True))
+
+    def retry_held(self) -> None:
+        """After a resume: look again at every problem that was confirmed but held back."""
+        for record in list(self.ctx.state.problems.values()):
+            if record.phase == Phase.CONFIRMED:
+                self.suspect(Suspicion(record.problem, "resume", detail="re-checked after resume"))
 
     def forget(self, problem: str) -> None:
         self.ctx.state.problems.pop(problem, None)
@@ -104,13 +110,13 @@ class Engine:
         self._transition(record, Phase.CONFIRMED, Kind.CONFIRMED, "confirmed by live probe"
                          if suspicion.problem in self.confirms else "confirmed by its signature's threshold")
         remedy = self.remedies.get(suspicion.problem)
-        refusal = self.gate.refuse_episode(record, remedy)
+        refusal = self.gate.refuse_episode(record, remedy, suspicion.forced)
         if refusal:
             log(Kind.HELD_BACK, f"{record.problem}: not repairing: {refusal}", NOTICE,
                 problem=record.problem, reason=refusal)
             record.detail = refusal
             self._save()
-            if (wait := self.gate.cooldown_left(record)) > 0:
+            if not suspicion.forced and (wait := self.gate.cooldown_left(record)) > 0:
                 # One timer, armed only now: look again when the cooldown ends.
                 asyncio.get_running_loop().call_later(wait, self.suspect, suspicion)
             return

@@ -14,7 +14,7 @@ class Gate:
         self.ctx = ctx
         self.paused = False  # set by the operator interface; observe-only until resumed
 
-    def refuse_episode(self, record: ProblemRecord, remedy: Remedy | None) -> str:
+    def refuse_episode(self, record: ProblemRecord, remedy: Remedy | None, forced: bool = False) -> str:
         """Why no repair may start for this problem now, or "" when it may."""
         settings = self.ctx.settings
         if remedy is None:
@@ -25,6 +25,8 @@ class Gate:
             return "mode is observe"
         if self.paused:
             return "paused by the operator"
+        if forced:
+            return ""  # an operator's explicit request: disabled and cooldown are for automation
         if not settings.problem_enabled(record.problem):
             return "disabled in configuration"
         wait = self.cooldown_left(record)
