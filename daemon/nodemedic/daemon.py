@@ -99,6 +99,7 @@ class Daemon:
         await self.units.ready.wait()
         await self.api.ready.wait()
         self._check_cni_dir(initial=True)
+        self._check_ingest_dir()
         self.engine.resume()
         for sig, handler in ((signal.SIGTERM, self.stopping.set), (signal.SIGINT, self.stopping.set),
                              (signal.SIGHUP, lambda: loop.create_task(self.reload()))):
@@ -176,9 +177,14 @@ class Daemon:
             suspicion = conditions.unit_condition(event, CONTAINERD)
             if suspicion is not None:
                 self.suspect(suspicion)
+            exhausted = {p for p, r in self.ctx.state.problems.items() if r.phase == Phase.EXHAUSTED}
+            for suspicion in conditions.unit_recovered(event, CONTAINERD, exhausted):
+                self.suspect(suspicion)
         elif isinstance(event, PathChanged):
             if event.watch == "cni_conf_dir":
                 self._check_cni_dir()
+            elif event.watch == "ingest_dir":
+                self._check_ingest_dir()
         elif isinstance(event, SourceTrouble):
             log(Kind.SOURCE_TROUBLE, f"{event.source}: {event.detail}; retrying", WARNING, source=event.source)
 
@@ -196,6 +202,16 @@ class Daemon:
                 log(Kind.PLACEHOLDER_REMOVED, f"removed placeholder CNI config {removed}: a real config exists",
                     NOTICE, path=removed)
                 self.update_status()
+        record = self.ctx.state.problems.get("cni-config-missing")
+        if real and record is not None and record.phase == Phase.EXHAUSTED:
+            # A config appeared while the problem waits for an operator: look again, so that it
+            # clears once CRI says the network is ready.
+            suspicion = Suspicion("cni-config-missing", "path:cni_conf_dir", detail="a CNI config appeared")
+        if suspicion is not None:
+            self.suspect(suspicion)
+
+    def _check_ingest_dir(self) -> None:
+        suspicion = conditions.ingest_dir(self.ctx.settings, self.root)
         if suspicion is not None:
             self.suspect(suspicion)
 
@@ -230,23 +246,24 @@ class Daemon:
         self.engine.retry_held()
         self._check_cni_dir()
 
+    def api_check(self, member: str, args: list[object]) -> None:
+        """Refuse a call that cannot be done, with a reason, before anything changes."""
+        if member in ("Repair", "Plan", "Forget"):
+            problem = str(args[0]) if args else ""
+            self._known_problem(problem)
+            if member == "Repair" and self.engine.gate.paused:
+                raise RefusedError("Paused", "nodemedic is paused; `nodemedic resume` first")
+            if member in ("Repair", "Forget") and self.engine.running(problem):
+                raise RefusedError("Busy", f"{problem} is already being handled; wait for it to finish")
+
     def api_repair(self, problem: str) -> str:
-        self._known_problem(problem)
-        if self.engine.gate.paused:
-            raise RefusedError("Paused", "nodemedic is paused; `nodemedic resume` first")
-        if self.engine.running(problem):
-            raise RefusedError("Busy", f"{problem} is already being handled")
         self.engine.repair_now(problem)
         return f"repair of {problem} started"
 
     def api_plan(self, problem: str) -> list[str]:
-        self._known_problem(problem)
-        return plan_for(self.ctx, problem)
+        return plan_for(self.ctx, problem, forced=True)
 
     def api_forget(self, problem: str) -> None:
-        self._known_problem(problem)
-        if self.engine.running(problem):
-            raise RefusedError("Busy", f"{problem} is being repaired; wait for it to finish")
         self.engine.forget(problem)
         self.detector.forget(problem)
 

@@ -45,10 +45,11 @@ class Diagnosis:
         return {"healthy": self.healthy, "findings": [asdict(f) for f in self.findings]}
 
 
-def plan_for(ctx: RepairContext, problem: str) -> list[str]:
-    """What nodemedic would do about `problem`, step by step, or why it would not."""
+def plan_for(ctx: RepairContext, problem: str, forced: bool = False) -> list[str]:
+    """What nodemedic would do about `problem`, step by step, or why it would not; `forced` is
+    the operator's `nodemedic repair`, which disabled problems and cooldowns do not stop."""
     remedy = REMEDIES.get(problem)
-    refusal = Gate(ctx).refuse_episode(ProblemRecord(problem), remedy)
+    refusal = Gate(ctx).refuse_episode(ProblemRecord(problem), remedy, forced)
     if refusal:
         return [f"would not repair: {refusal}"]
     assert remedy is not None

@@ -42,12 +42,12 @@ def empty_cni_dir(node: Node) -> None:
     node.run(["find", CNI_DIR, "-mindepth", "1", "-delete"])
 
 
-@pytest.fixture(scope="module")
-def medic(node: Node) -> Node:
-    """The node with nodemedic installed from the working tree and running as a unit."""
+def start_nodemedic(node: Node, config: str = TEST_CONFIG) -> Node:
+    """Start nodemedic as a unit on a node that is still bootstrapping: no CNI config has ever
+    been there (the placeholder policy's default case), containerd reporting NetworkReady=false."""
     install_nodemedic(node)
-    node.write_file("/etc/nodemedic/conf.d/50-test.toml", TEST_CONFIG)
-    # Until the .deb lands (issue 6) the wheel's entry point lives in /usr/local/bin.
+    node.write_file("/etc/nodemedic/conf.d/50-test.toml", config)
+    # Until the tests install the .deb, the wheel's entry point lives in /usr/local/bin.
     node.drop_in("nodemedic.service", "10-testbed", "[Service]\nExecStart=\nExecStart=/usr/local/bin/nodemedic run\n")
     node.run(["mkdir", "-p", CNI_DIR])
     empty_cni_dir(node)
@@ -55,6 +55,12 @@ def medic(node: Node) -> Node:
     node.wait_for(lambda: not node.cri_status().network_ready, what="containerd without CNI config")
     node.systemctl("start", "nodemedic")
     return node
+
+
+@pytest.fixture(scope="module")
+def medic(node: Node) -> Node:
+    """The node with nodemedic installed from the working tree and running as a unit."""
+    return start_nodemedic(node)
 
 
 def test_unit_is_ready_with_a_status_line(medic: Node):

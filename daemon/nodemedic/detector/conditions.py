@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from nodemedic.config import Settings
 from nodemedic.detector.detector import Suspicion
 from nodemedic.hostroot import HostRoot
 from nodemedic.repairs.cni import CNI_SUFFIXES, real_configs
+from nodemedic.repairs.ingest import INGEST, stale_entries_in
 from nodemedic.sources.events import UnitChanged
 
 
@@ -21,6 +24,17 @@ def cni_conf_dir(settings: Settings, root: HostRoot) -> tuple[bool, Suspicion | 
     return False, Suspicion("cni-config-missing", "path:cni_conf_dir", detail=f"no CNI config in {conf_dir}")
 
 
+def ingest_dir(settings: Settings, root: HostRoot) -> Suspicion | None:
+    """Partial downloads nobody writes any more, seen whenever the ingest dir changes (a pull
+    starting or ending) and at start: evidence without waiting for a pull to fail on them."""
+    directory = root.path(settings.paths.containerd_root).joinpath(*INGEST)
+    stale = stale_entries_in(directory, settings.ingest.stale_age)
+    if not stale:
+        return None
+    return Suspicion("ingest-stale", "path:ingest_dir",
+                     detail=f"{len(stale)} stale partial download(s) in {directory}")
+
+
 def unit_condition(change: UnitChanged, runtime_unit: str) -> Suspicion | None:
     """A crash loop (systemd waiting to restart it again) or the runtime being down."""
     if change.sub_state == "auto-restart":
@@ -31,3 +45,14 @@ def unit_condition(change: UnitChanged, runtime_unit: str) -> Suspicion | None:
     if change.unit == runtime_unit and change.active_state == "failed":
         return Suspicion("runtime-down", "unit:failed", detail=f"{change.unit} failed ({change.result})")
     return None
+
+
+def unit_recovered(change: UnitChanged, runtime_unit: str, exhausted: Collection[str]) -> list[Suspicion]:
+    """A unit running again while a problem about it waits, exhausted, for an operator: look
+    again, so that the problem clears once its live probe is healthy (no log line would)."""
+    if change.active_state != "active" or change.sub_state != "running":
+        return []
+    problems = [f"{change.unit.removesuffix('.service')}-crash-loop"]
+    if change.unit == runtime_unit:
+        problems.append("runtime-down")
+    return [Suspicion(p, "unit:running", detail=f"{change.unit} is running again") for p in problems if p in exhausted]

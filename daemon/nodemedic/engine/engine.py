@@ -33,6 +33,7 @@ class Engine:
         self.gate = Gate(ctx)
         self._repair_lock = asyncio.Lock()  # one repair at a time on the node
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._again: dict[str, Suspicion] = {}  # news that arrived while the problem was being checked
         self.current: tuple[str, int, int, str] | None = None  # problem, step no., ladder length, name
 
     # -- entry points -------------------------------------------------------------------
@@ -40,8 +41,21 @@ class Engine:
     def suspect(self, suspicion: Suspicion) -> None:
         task = self._tasks.get(suspicion.problem)
         if task is not None and not task.done():
-            return  # already being handled; the running episode will see the result
-        self._tasks[suspicion.problem] = asyncio.get_running_loop().create_task(self._handle(suspicion))
+            # Already being handled; the running episode will see the result. An exhausted
+            # problem's check may have looked just before the news (a unit running again), so
+            # it looks once more when it is done.
+            record = self.ctx.state.problems.get(suspicion.problem)
+            if record is not None and record.phase == Phase.EXHAUSTED:
+                self._again[suspicion.problem] = suspicion
+            return
+        task = asyncio.get_running_loop().create_task(self._handle(suspicion))
+        task.add_done_callback(lambda _task: self._look_again(suspicion.problem))
+        self._tasks[suspicion.problem] = task
+
+    def _look_again(self, problem: str) -> None:
+        suspicion = self._again.pop(problem, None)
+        if suspicion is not None:
+            self.suspect(suspicion)
 
     def running(self, problem: str) -> bool:
         task = self._tasks.get(problem)
@@ -94,8 +108,11 @@ class Engine:
         if record.phase in (Phase.REPAIRING, Phase.VERIFYING):
             return  # a step is in flight (or being resumed); its own task finishes the episode
         exhausted = record.phase == Phase.EXHAUSTED
-        if record.phase == Phase.HEALED and now - record.last_change >= self.ctx.settings.policy.quiet_period:
+        healed = record.phase == Phase.HEALED
+        if healed and now - record.last_change >= self.ctx.settings.policy.quiet_period:
             record.episodes = 0  # quiet long enough: the next episode starts without cooldown
+        if healed and not suspicion.forced and await self._healthy_now(suspicion.problem):
+            return  # a late line about the outage just healed: the probe says it is still healed
         if not exhausted:
             record.trigger, record.trigger_cursor = suspicion.trigger, suspicion.cursor
             self._transition(record, Phase.SUSPECTED, Kind.SUSPECTED, suspicion.detail or suspicion.trigger)
@@ -178,6 +195,16 @@ class Engine:
         self._exhaust(record, "every step of the ladder was tried")
 
     # -- helpers ------------------------------------------------------------------------
+
+    async def _healthy_now(self, problem: str) -> bool:
+        """One probe, no retries: is the problem absent right now? (False without a probe.)"""
+        probe = self.confirms.get(problem)
+        if probe is None:
+            return False
+        try:
+            return not await probe(self.ctx)
+        except Exception:
+            return False
 
     async def _confirm(self, problem: str) -> bool:
         probe = self.confirms.get(problem)

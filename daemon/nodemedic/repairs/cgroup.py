@@ -7,6 +7,7 @@ stays; a backup is kept next to it. Never regenerate the file from `containerd c
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 
@@ -42,16 +43,43 @@ def set_systemd_cgroup(text: str) -> tuple[str, bool]:
     return tomlkit.dumps(document), True
 
 
-async def systemd_cgroup_in_effect(ctx: RepairContext) -> bool:
-    """What containerd runs with now, from CRI Status(verbose) — not what the file says."""
+# kubeadm writes the kubelet's configuration here, with cgroupDriver: systemd since v1.22.
+KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
+_KUBELET_DRIVER = re.compile(r"""^cgroupDriver:[ \t]*["']?([\w-]+)""", re.MULTILINE)
+
+
+async def _systemd_cgroup(ctx: RepairContext) -> bool | None:
+    """What containerd runs with now, from CRI Status(verbose) — not what the file says;
+    None when containerd does not answer."""
     try:
         info = await ctx.cri.status_info()
     except CriError:
-        return False
+        return None
     config = json.loads(info.get("config", "{}"))
     runtimes = config.get("containerd", {}).get("runtimes", {})
     options = runtimes.get("runc", {}).get("options", {})
     return bool(options.get("SystemdCgroup"))
+
+
+async def systemd_cgroup_in_effect(ctx: RepairContext) -> bool:
+    return bool(await _systemd_cgroup(ctx))
+
+
+def kubelet_cgroup_driver(ctx: RepairContext) -> str:
+    """The driver kubelet's config file names, "" when there is no file or it names none."""
+    try:
+        text = ctx.root.path(KUBELET_CONFIG).read_text()
+    except OSError:
+        return ""
+    match = _KUBELET_DRIVER.search(text)
+    return match.group(1) if match else ""
+
+
+async def driver_mismatch(ctx: RepairContext) -> bool:
+    """kubelet is configured for systemd and containerd's runc runs with cgroupfs. The ladder
+    only ever changes containerd's side, so it must know kubelet's: a kubelet on cgroupfs (the
+    other mismatch, where runc rejects cgroupfs paths) is never "fixed" from containerd."""
+    return kubelet_cgroup_driver(ctx) == "systemd" and await _systemd_cgroup(ctx) is False
 
 
 @dataclass(frozen=True)

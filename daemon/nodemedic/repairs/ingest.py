@@ -2,12 +2,22 @@
 "unexpected commit digest", "failed reading status of resume write").
 
 Only entries nobody is writing are removed: every file in them older than `ingest.stale_age`
-and no process holding one open. The ingest dir itself stays. Never: blobs/, meta.db, snapshots.
+and none of them open for writing. The ingest dir itself stays. Never: blobs/, meta.db, snapshots.
+
+"Open for writing" is asked of the kernel, not of /proc: nodemedic runs without capabilities and
+in its own user namespace, where containerd's file descriptors cannot be read (a /proc scan would
+silently see no writer at all). A read lease (F_SETLEASE F_RDLCK) is refused with EAGAIN exactly
+while some process has the file open for writing, and needs nothing but owning the file. What
+cannot be asked (another owner, a filesystem without leases) counts as being written: an entry
+is removed only when it provably is not.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import signal
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,56 +34,66 @@ def ingest_dir(ctx: RepairContext) -> Path:
     return ctx.root.path(ctx.settings.paths.containerd_root).joinpath(*INGEST)
 
 
-def open_files(proc: Path = Path("/proc")) -> set[str]:
-    """Every path some process holds open (what containerd's content writer keeps open)."""
-    held: set[str] = set()
-    for pid in proc.iterdir():
-        if not pid.name.isdigit():
-            continue
+def open_for_writing(path: str) -> bool:
+    """Whether some process has the regular file `path` open for writing (True when unsure)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        return False  # gone: nobody writes it any more
+    except OSError:
+        return True
+    try:
+        # A writer opening the file in the instant the lease exists breaks it, and the kernel
+        # signals the lease holder: SIGURG, which is ignored by default, instead of SIGIO,
+        # which would end the daemon.
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
         try:
-            fds = list((pid / "fd").iterdir())
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
         except OSError:
-            continue  # gone, or not ours to see
-        for fd in fds:
-            try:
-                held.add(os.readlink(fd))
-            except OSError:
-                continue
-    return held
+            return True  # EAGAIN: open for writing; anything else: cannot tell
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
 
 
-def _newest_mtime(entry: Path) -> float:
+def _newest_mtime_and_files(entry: Path) -> tuple[float, list[str]]:
     newest = entry.lstat().st_mtime
-    for dirpath, _dirs, files in os.walk(entry):
-        for name in files:
+    files = []
+    for dirpath, _dirs, names in os.walk(entry):
+        for name in names:
+            path = os.path.join(dirpath, name)
             try:
-                newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+                st = os.lstat(path)
             except FileNotFoundError:
                 continue
-    return newest
+            newest = max(newest, st.st_mtime)
+            if stat.S_ISREG(st.st_mode):
+                files.append(path)
+    return newest, files
+
+
+def stale_entries_in(directory: Path, stale_age: float, now: float | None = None) -> list[Path]:
+    """The entries of an ingest dir that are old and that no process is writing."""
+    try:
+        entries = [e for e in directory.iterdir() if e.is_dir() and not e.is_symlink()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    now = time.time() if now is None else now
+    stale = []
+    for entry in entries:
+        try:
+            newest, files = _newest_mtime_and_files(entry)
+        except FileNotFoundError:
+            continue
+        # Age first (a stat walk); the kernel is asked about writers only for what is old enough.
+        if now - newest >= stale_age and not any(open_for_writing(f) for f in files):
+            stale.append(entry)
+    return stale
 
 
 def stale_entries(ctx: RepairContext, now: float | None = None) -> list[Path]:
-    directory = ingest_dir(ctx)
-    try:
-        entries = [e for e in directory.iterdir() if e.is_dir() and not e.is_symlink()]
-    except FileNotFoundError:
-        return []
-    if not entries:
-        return []
-    now = time.time() if now is None else now
-    held = open_files()
-    stale = []
-    for entry in entries:
-        real = os.path.realpath(entry)
-        if any(h == real or h.startswith(real + os.sep) for h in held):
-            continue  # a writer has it open: a pull in progress
-        try:
-            if now - _newest_mtime(entry) >= ctx.settings.ingest.stale_age:
-                stale.append(entry)
-        except FileNotFoundError:
-            continue
-    return stale
+    return stale_entries_in(ingest_dir(ctx), ctx.settings.ingest.stale_age, now)
 
 
 async def stale_ingest_present(ctx: RepairContext) -> bool:

@@ -6,28 +6,21 @@ reasons come from shared/reference/failure-modes.md's "never" rules.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from nodemedic.repairs import cni, imagefs, ingest, sysctl
-from nodemedic.repairs.cgroup import EnableSystemdCgroup, systemd_cgroup_in_effect
+from nodemedic.repairs.cgroup import EnableSystemdCgroup, driver_mismatch, systemd_cgroup_in_effect
 from nodemedic.repairs.containerd_root import MoveRootAside
-from nodemedic.repairs.context import RepairContext
-from nodemedic.repairs.remedy_probes import runtime_down, runtime_ready
+from nodemedic.repairs.remedy_probes import (
+    Probe,
+    runtime_down_unless_stopped,
+    runtime_ready,
+    unit_crash_looping,
+    unit_stays_running,
+)
 from nodemedic.repairs.step import Remedy
 from nodemedic.repairs.units import RestartUnit
 
-Probe = Callable[[RepairContext], Awaitable[bool]]
-
 CONTAINERD = "containerd.service"
 KUBELET = "kubelet.service"
-
-
-def unit_running(unit: str) -> Probe:
-    async def probe(ctx: RepairContext) -> bool:
-        state = await ctx.bus.unit_state(unit)
-        return state.active_state == "active" and state.sub_state == "running"
-
-    return probe
 
 
 def report_only(problem: str, why: str) -> Remedy:
@@ -48,10 +41,10 @@ REMEDIES: dict[str, Remedy] = {
     "runtime-down": Remedy("runtime-down", (RestartUnit(CONTAINERD, runtime_ready),)),
     "containerd-crash-loop": Remedy("containerd-crash-loop", (RestartUnit(CONTAINERD, runtime_ready),)),
     "kubelet-crash-loop": Remedy("kubelet-crash-loop", (
-        RestartUnit(KUBELET, unit_running(KUBELET), requires=runtime_ready),)),
+        RestartUnit(KUBELET, unit_stays_running(KUBELET), requires=runtime_ready),)),
     "pleg-unhealthy": Remedy("pleg-unhealthy", (
         RestartUnit(CONTAINERD, runtime_ready),
-        RestartUnit(KUBELET, unit_running(KUBELET), requires=runtime_ready),
+        RestartUnit(KUBELET, unit_stays_running(KUBELET), requires=runtime_ready),
     )),
     "inotify-limits": Remedy("inotify-limits", (
         sysctl.RaiseInotifyLimits(),
@@ -96,7 +89,9 @@ CONFIRMS: dict[str, Probe] = {
     "cni-config-missing": cni.network_not_ready,
     "imagefs-capacity-zero": imagefs.imagefs_broken,
     "ingest-stale": ingest.stale_ingest_present,
-    "runtime-down": runtime_down,
-    "containerd-crash-loop": runtime_down,
+    "runtime-down": runtime_down_unless_stopped(CONTAINERD),
+    "containerd-crash-loop": runtime_down_unless_stopped(CONTAINERD),
+    "kubelet-crash-loop": unit_crash_looping(KUBELET),
     "inotify-limits": sysctl.limits_too_low,
+    "cgroup-driver-mismatch": driver_mismatch,
 }

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+
 from nodemedic.repairs.context import RepairContext
+from nodemedic.sources.events import UnitChanged
+from nodemedic.sources.systemd_bus import BusError
+
+Probe = Callable[[RepairContext], Awaitable[bool]]
+
+# How long a unit must keep the same process running to count as up: a crash-looping unit is
+# "active (running)" for a moment after every restart, so one look at it proves nothing.
+SETTLE_S = 3.0
 
 
 async def runtime_ready(ctx: RepairContext) -> bool:
@@ -12,3 +23,57 @@ async def runtime_ready(ctx: RepairContext) -> bool:
 
 async def runtime_down(ctx: RepairContext) -> bool:
     return not await runtime_ready(ctx)
+
+
+def runtime_down_unless_stopped(unit: str) -> Probe:
+    """The runtime does not answer, and not because an operator stopped its unit: a clean
+    `systemctl stop` (inactive, result success) is their call, never undone by nodemedic."""
+    async def probe(ctx: RepairContext) -> bool:
+        if not await runtime_down(ctx):
+            return False
+        try:
+            state = await ctx.bus.unit_state(unit)
+        except BusError:
+            return True
+        return not (state.active_state == "inactive" and state.result == "success")
+
+    return probe
+
+
+def _running(state: UnitChanged) -> bool:
+    return state.active_state == "active" and state.sub_state == "running"
+
+
+async def _stays_running(ctx: RepairContext, unit: str) -> bool:
+    """Running now, and still running SETTLE_S later without systemd having restarted it."""
+    first = await ctx.bus.unit_state(unit)
+    if not _running(first):
+        return False
+    await asyncio.sleep(SETTLE_S)
+    later = await ctx.bus.unit_state(unit)
+    return _running(later) and later.n_restarts == first.n_restarts
+
+
+def unit_stays_running(unit: str) -> Probe:
+    async def probe(ctx: RepairContext) -> bool:
+        try:
+            return await _stays_running(ctx, unit)
+        except BusError:
+            return False
+
+    return probe
+
+
+def unit_crash_looping(unit: str) -> Probe:
+    """systemd keeps restarting it: waiting to restart, or not staying up. A unit an operator
+    stopped (inactive) is not crash-looping."""
+    async def probe(ctx: RepairContext) -> bool:
+        try:
+            state = await ctx.bus.unit_state(unit)
+            if state.sub_state == "auto-restart":
+                return True
+            return _running(state) and not await _stays_running(ctx, unit)
+        except BusError:
+            return False
+
+    return probe

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nodemedic.repairs.context import RepairContext
+from nodemedic.repairs.remedy_probes import runtime_ready
 from nodemedic.repairs.safety import atomic_write
 from nodemedic.repairs.step import StepClass
 
@@ -56,4 +57,6 @@ class RaiseInotifyLimits:
         return "set " + ", ".join(f"{k}={v}" for k, v in wanted.items())
 
     async def verify(self, ctx: RepairContext) -> bool:
-        return not too_low(ctx)  # read back from the kernel, not from our file
+        # Read back from the kernel, not from our file. Raised limits alone heal nothing that
+        # already failed: containerd loads its CRI plugin only at start (the next rung).
+        return not too_low(ctx) and await runtime_ready(ctx)

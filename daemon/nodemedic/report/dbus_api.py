@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
-from dbus_next import BusType
+from dbus_next import BusType, Message, MessageType
 from dbus_next.aio import MessageBus
 from dbus_next.constants import RequestNameReply
 from dbus_next.errors import DBusError
@@ -33,6 +33,7 @@ class Steering(Protocol):
     def api_plan(self, problem: str) -> list[str]: ...
     def api_forget(self, problem: str) -> None: ...
     def api_reload(self) -> None: ...
+    def api_check(self, member: str, args: list[object]) -> None: ...
 
 
 class RefusedError(Exception):
@@ -41,13 +42,6 @@ class RefusedError(Exception):
     def __init__(self, name: str, message: str) -> None:
         super().__init__(message)
         self.name = name
-
-
-def _call(action: Callable[[], object]) -> object:
-    try:
-        return action()
-    except RefusedError as err:
-        raise DBusError(f"{ERROR_PREFIX}.{err.name}", str(err)) from None
 
 
 class NodemedicInterface(ServiceInterface):
@@ -69,27 +63,27 @@ class NodemedicInterface(ServiceInterface):
 
     @method()
     def Pause(self) -> None:  # noqa: N802
-        _call(self.daemon.api_pause)
+        self.daemon.api_pause()
 
     @method()
     def Resume(self) -> None:  # noqa: N802
-        _call(self.daemon.api_resume)
+        self.daemon.api_resume()
 
     @method()
     def Repair(self, problem: "s") -> "s":  # noqa: F821, N802
-        return _call(lambda: self.daemon.api_repair(problem))
+        return self.daemon.api_repair(problem)
 
     @method()
     def Plan(self, problem: "s") -> "as":  # noqa: F821, F722, N802
-        return _call(lambda: self.daemon.api_plan(problem))
+        return self.daemon.api_plan(problem)
 
     @method()
     def Forget(self, problem: "s") -> None:  # noqa: F821, N802
-        _call(lambda: self.daemon.api_forget(problem))
+        self.daemon.api_forget(problem)
 
     @method()
     def Reload(self) -> None:  # noqa: N802
-        _call(self.daemon.api_reload)
+        self.daemon.api_reload()
 
     @signal()
     def ProblemChanged(self, problem: str, state: str) -> "ss":  # noqa: F821, N802
@@ -100,6 +94,7 @@ class ApiServer:
     """Owns the bus name and re-acquires it after the bus comes back."""
 
     def __init__(self, daemon: Steering) -> None:
+        self.daemon = daemon
         self.interface = NodemedicInterface(daemon)
         self._bus: MessageBus | None = None
         self.ready = asyncio.Event()
@@ -109,6 +104,7 @@ class ApiServer:
         while True:
             try:
                 self._bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+                self._bus.add_message_handler(self._refuse)
                 self._bus.export(OBJECT_PATH, self.interface)
                 reply = await self._bus.request_name(BUS_NAME)
                 if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
@@ -125,6 +121,16 @@ class ApiServer:
                 self._bus = None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
+
+    def _refuse(self, message: Message) -> None:
+        """Refuse a bad call before it reaches the method. Raised here, a DBusError becomes a
+        clean error reply; raised inside a method, dbus-next 0.2.3 also logs it as a crash."""
+        if (message.message_type == MessageType.METHOD_CALL and message.path == OBJECT_PATH
+                and message.interface == INTERFACE):
+            try:
+                self.daemon.api_check(message.member, list(message.body))
+            except RefusedError as err:
+                raise DBusError(f"{ERROR_PREFIX}.{err.name}", str(err)) from None
 
     def problem_changed(self, problem: str, state: str) -> None:
         if self._bus is not None and self._bus.connected:
@@ -153,8 +159,6 @@ class Refused(Exception):
 
 async def call(member: str, signature: str = "", body: list[object] | None = None,
                interface: str = INTERFACE) -> list[object]:
-    from dbus_next import Message, MessageType
-
     try:
         bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
     except (OSError, EOFError) as err:
