@@ -109,9 +109,10 @@ def test_a_job_that_ends_before_its_reply_is_not_waited_for_until_the_timeout():
 
     bus = FlowBus()
     results = iter(["done", "failed"])
+    numbers = iter(range(100, 200))
 
     async def call(path, interface, member, signature="", body=None, destination=""):
-        job = f"/org/freedesktop/systemd1/job/{len(bus._ended) + 100}"
+        job = f"/org/freedesktop/systemd1/job/{next(numbers)}"
         bus._on_message(Message(message_type=MessageType.SIGNAL, path=MANAGER_PATH, interface=MANAGER,
                                 member="JobRemoved", signature="uoss", body=[1, job, body[0], next(results)]))
         return [job]

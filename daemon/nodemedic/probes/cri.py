@@ -125,34 +125,25 @@ class CriClient:
             self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         return self._channel
 
-    async def status(self) -> CriStatus:
-        stub = api_pb2_grpc.RuntimeServiceStub(self._chan())
+    async def _unary(self, service: str, method: str, request: Any) -> Any:
+        stub = getattr(api_pb2_grpc, f"{service}Stub")(self._chan())
         try:
-            resp = await stub.Status(api_pb2.StatusRequest(verbose=False), timeout=self.timeout)
+            return await getattr(stub, method)(request, timeout=self.timeout)
         except grpc.RpcError as e:
             await self._reset()
             raise _translate(e, self.socket) from e
-        return _status_from(resp)
+
+    async def status(self) -> CriStatus:
+        return _status_from(await self._unary("RuntimeService", "Status", api_pb2.StatusRequest(verbose=False)))
 
     async def status_info(self) -> dict[str, str]:
         """Status(verbose=True)'s info map: containerd puts its effective CRI config in "config"
         (what `crictl info` shows), the live answer to "which settings is it running with"."""
-        stub = api_pb2_grpc.RuntimeServiceStub(self._chan())
-        try:
-            resp = await stub.Status(api_pb2.StatusRequest(verbose=True), timeout=self.timeout)
-        except grpc.RpcError as e:
-            await self._reset()
-            raise _translate(e, self.socket) from e
+        resp = await self._unary("RuntimeService", "Status", api_pb2.StatusRequest(verbose=True))
         return dict(resp.info)
 
     async def imagefs_info(self) -> list[ImageFsUsage]:
-        stub = api_pb2_grpc.ImageServiceStub(self._chan())
-        try:
-            resp = await stub.ImageFsInfo(api_pb2.ImageFsInfoRequest(), timeout=self.timeout)
-        except grpc.RpcError as e:
-            await self._reset()
-            raise _translate(e, self.socket) from e
-        return _imagefs_from(resp)
+        return _imagefs_from(await self._unary("ImageService", "ImageFsInfo", api_pb2.ImageFsInfoRequest()))
 
     async def _reset(self) -> None:
         # After a failure the runtime may come back on a new socket inode; start over.
