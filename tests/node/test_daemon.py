@@ -105,10 +105,12 @@ FORGED = ('E1020 20:40:12.924972   95277 kubelet.go:1462] "Image garbage collect
 
 
 def _read_past(node: Node, cursor: str) -> bool:
-    """nodemedic has read the journal beyond `cursor` (its saved cursor is a later entry)."""
+    """nodemedic has read the journal up to `cursor` or beyond (its saved cursor is that entry or a
+    later one)."""
     saved = node.read_file("/var/lib/nodemedic/journal.cursor").decode().strip()
     later = node.run(["journalctl", "--no-pager", "-o", "json", f"--after-cursor={cursor}"]).stdout
-    return any(json.loads(line)["__CURSOR"] == saved for line in later.splitlines() if line.startswith("{"))
+    return saved == cursor or any(json.loads(line)["__CURSOR"] == saved
+                                  for line in later.splitlines() if line.startswith("{"))
 
 
 def test_forged_lines_trigger_nothing(medic: Node):
@@ -169,3 +171,30 @@ def test_sigkill_mid_repair_resumes_by_verifying_and_never_repeats(medic: Node):
     resumed = [e["NODEMEDIC_STEP"] for e in started if "NODEMEDIC_RESUMED" in e]
     assert applied.count("cni-placeholder") == 1, applied
     assert resumed == ["cni-placeholder"], resumed
+
+
+def test_journal_rotation_and_vacuum_do_not_stop_detection(medic: Node):
+    medic.run(["journalctl", "--rotate"])
+    medic.run(["journalctl", "--vacuum-files=1"])
+    medic.systemctl("restart", "kubelet")  # PID 1 logs about kubelet.service: a line nodemedic reads
+    line = medic.wait_for(lambda: medic.journal(fields={"UNIT": "kubelet.service", "_PID": "1"},
+                                                since=None)[-1:], what="PID 1 line about kubelet")[0]
+    medic.wait_for(lambda: _read_past(medic, line["__CURSOR"]), what="nodemedic reading on after rotation and vacuum")
+    assert medic.unit_state("nodemedic.service").active_state == "active"
+
+
+def test_a_vanished_system_bus_is_reported_once_and_reconnected(medic: Node):
+    cursor = medic.cursor()
+    main_pid = medic.unit_state("nodemedic.service").main_pid
+    medic.systemctl("restart", "dbus")
+    trouble = medic.wait_for(lambda: nodemedic_entries(medic, Kind.SOURCE_TROUBLE, cursor), what="bus loss logged")
+    assert any("units" == e.get("NODEMEDIC_SOURCE") for e in trouble)
+    # the same process carries on, and its unit source is back: a repair still restarts units
+    assert medic.unit_state("nodemedic.service").main_pid == main_pid
+    cursor = medic.cursor()
+    medic.run(["rm", "-rf", CNI_DIR])
+    medic.run(["mkdir", CNI_DIR])
+    wait_healed(medic, "cni-config-missing", since=cursor, timeout=90)
+    assert medic.cri_status().network_ready
+    again = [e for e in nodemedic_entries(medic, Kind.SOURCE_TROUBLE, cursor) if e.get("NODEMEDIC_SOURCE") == "units"]
+    assert again == [], "one outage is reported once, not once per retry"

@@ -101,6 +101,7 @@ class ApiServer:
 
     async def run(self, on_trouble: Callable[[str], None]) -> None:
         delay = 0.5
+        reported = False
         while True:
             try:
                 self._bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
@@ -110,12 +111,15 @@ class ApiServer:
                 if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
                     raise OSError(f"could not own {BUS_NAME}: {reply}")
                 self.ready.set()
-                delay = 0.5
+                delay, reported = 0.5, False
                 await self._bus.wait_for_disconnect()
-                on_trouble("system bus disconnected")
-            except (OSError, EOFError, DBusError) as err:
-                on_trouble(f"D-Bus API unavailable: {err}")
-                self.ready.set()  # start-up must not hang on the optional API
+                detail = "system bus disconnected"
+            except Exception as err:  # every cause is the same for us: no API until we retry
+                detail = f"D-Bus API unavailable: {err or type(err).__name__}"
+            self.ready.set()  # start-up must not hang on the optional API
+            if not reported:  # once per outage, not once per retry
+                on_trouble(detail)
+                reported = True
             if self._bus is not None:
                 self._bus.disconnect()
                 self._bus = None

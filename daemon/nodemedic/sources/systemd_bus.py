@@ -55,8 +55,13 @@ class SystemdBus:
                                   f"interface='{PROPERTIES}',member='PropertiesChanged'")
 
     async def wait_disconnected(self) -> None:
+        """Return when the bus is gone. dbus-next re-raises whatever broke the connection (EOF,
+        a reset socket…); for us every such cause is the same event: the bus went away."""
         if self._bus is not None:
-            await self._bus.wait_for_disconnect()
+            try:
+                await self._bus.wait_for_disconnect()
+            except Exception as err:
+                raise BusError(f"system bus lost: {err or type(err).__name__}") from err
 
     def close(self) -> None:
         if self._bus is not None:
