@@ -1,0 +1,97 @@
+"""Shared by the ladder tests (test_ladders_*.py): nodemedic running as its unit in a node, with
+short waits, its bus policy installed so the CLI can steer it, and ways to read what it did
+(journal entries by MESSAGE_ID, state.json) and what the node really is (CRI, /proc/sys)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from nodemedic.report.journal import Kind
+from tests.node.test_daemon import STATE, nodemedic_entries
+from tests.node.testbed.node import NODE_PYTHON, REPO_ROOT, Node
+
+POLICY = "/etc/dbus-1/system.d/org.nodemedic1.conf"
+MEDIA = ("/srv/media", "/mnt/media")
+# Short waits so a module runs in a few minutes; the shipped defaults are for real nodes.
+LADDER_CONFIG = """\
+[policy]
+cooldown = "1s"
+cooldown_max = "2s"
+verify_attempts = 5
+verify_interval = "1s"
+
+[imagefs]
+warmup_attempts = 2
+warmup_interval = "1s"
+"""
+
+
+def start_medic(node: Node, extra: str = "") -> None:
+    """Start nodemedic.service (installed, not started, by the node fixture) with LADDER_CONFIG
+    plus `extra`, and wait until it answers on D-Bus."""
+    node.write_file(POLICY, (REPO_ROOT / "units/org.nodemedic1.conf").read_text())
+    node.systemctl("reload", "dbus")
+    node.write_file("/etc/nodemedic/conf.d/50-test.toml", LADDER_CONFIG + extra)
+    node.drop_in("nodemedic.service", "10-testbed", "[Service]\nExecStart=\nExecStart=/usr/local/bin/nodemedic run\n")
+    node.systemctl("start", "nodemedic")
+    node.wait_for(lambda: cli(node, "status").returncode in (0, 1), what="nodemedic answering on D-Bus")
+
+
+def cli(node: Node, *args: str) -> Any:
+    return node.run(["nodemedic", *args], check=False)
+
+
+def signature_override(node: Node, signature: str, old: str, new: str) -> None:
+    """/etc/nodemedic/signatures.d/NAME.toml replaces the shipped signature (a shorter threshold
+    for a test); takes effect at the next reload."""
+    text = (REPO_ROOT / "etc/nodemedic/signatures.d" / f"{signature}.toml").read_text()
+    assert old in text, f"{signature}: {old!r} not in the shipped signature"
+    node.write_file(f"/etc/nodemedic/signatures.d/{signature}.toml", text.replace(old, new))
+
+
+def reload_medic(node: Node) -> None:
+    cursor = node.cursor()
+    node.systemctl("reload", "nodemedic")
+    node.wait_for(lambda: nodemedic_entries(node, Kind.CONFIG_RELOADED, cursor), what="configuration reloaded")
+
+
+def phase(node: Node, problem: str) -> str:
+    return json.loads(node.read_file(STATE))["problems"].get(problem, {}).get("phase", "")
+
+
+def wait_for_kind(node: Node, kind: Kind, problem: str | None, since: str, timeout: float = 60.0) -> dict:
+    """The newest entry of `kind` (for `problem`, if given) after `since`, once there is one."""
+    fields = {"problem": problem} if problem else {}
+    return node.wait_for(lambda: nodemedic_entries(node, kind, since, **fields), timeout=timeout,
+                         what=f"{problem or 'nodemedic'}: {kind.name}")[-1]
+
+
+def steps_started(node: Node, problem: str, since: str) -> list[str]:
+    return [e["NODEMEDIC_STEP"] for e in nodemedic_entries(node, Kind.STEP_STARTED, since, problem=problem)]
+
+
+def media_checksums(node: Node) -> dict[str, str]:
+    return {path: node.checksum_tree(path) for path in MEDIA}
+
+
+_CRI_INFO = """
+import asyncio, json, sys
+from nodemedic.probes.cri import CriClient
+async def main():
+    async with CriClient() as cri:
+        json.dump(await cri.status_info(), sys.stdout)
+asyncio.run(main())
+"""
+
+
+def cri_info(node: Node) -> dict[str, Any]:
+    """CRI Status(verbose=true)'s info map, from inside the node; JSON values decoded."""
+    raw = json.loads(node.run([NODE_PYTHON, "-c", _CRI_INFO]).stdout)
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
