@@ -82,7 +82,6 @@ class Daemon:
             "ingest_dir": root.path(settings.paths.containerd_root) / "io.containerd.content.v1.content" / "ingest",
         }, self.queue)
         self.stopping = asyncio.Event()
-        self._reported_trouble: set[str] = set()
         self._status = ""
 
     # -- life cycle ---------------------------------------------------------------------
@@ -98,7 +97,7 @@ class Daemon:
         api_task = loop.create_task(self.api.run(self._api_trouble))
         await self.units.ready.wait()
         await self.api.ready.wait()
-        self._check_cni_dir(initial=True)
+        self._check_cni_dir()
         self._check_ingest_dir()
         self.engine.resume()
         for sig, handler in ((signal.SIGTERM, self.stopping.set), (signal.SIGINT, self.stopping.set),
@@ -176,10 +175,10 @@ class Daemon:
         elif isinstance(event, UnitChanged):
             suspicion = conditions.unit_condition(event, CONTAINERD)
             if suspicion is not None:
-                self.suspect(suspicion)
+                self.engine.suspect(suspicion)
             exhausted = {p for p, r in self.ctx.state.problems.items() if r.phase == Phase.EXHAUSTED}
             for suspicion in conditions.unit_recovered(event, CONTAINERD, exhausted):
-                self.suspect(suspicion)
+                self.engine.suspect(suspicion)
         elif isinstance(event, PathChanged):
             if event.watch == "cni_conf_dir":
                 self._check_cni_dir()
@@ -188,10 +187,7 @@ class Daemon:
         elif isinstance(event, SourceTrouble):
             log(Kind.SOURCE_TROUBLE, f"{event.source}: {event.detail}; retrying", WARNING, source=event.source)
 
-    def suspect(self, suspicion: Suspicion) -> None:
-        self.engine.suspect(suspicion)
-
-    def _check_cni_dir(self, initial: bool = False) -> None:
+    def _check_cni_dir(self) -> None:
         real, suspicion = conditions.cni_conf_dir(self.ctx.settings, self.root)
         if real and not self.ctx.state.real_cni_seen:
             self.ctx.state.real_cni_seen = True
@@ -208,12 +204,12 @@ class Daemon:
             # clears once CRI says the network is ready.
             suspicion = Suspicion("cni-config-missing", "path:cni_conf_dir", detail="a CNI config appeared")
         if suspicion is not None:
-            self.suspect(suspicion)
+            self.engine.suspect(suspicion)
 
     def _check_ingest_dir(self) -> None:
         suspicion = conditions.ingest_dir(self.ctx.settings, self.root)
         if suspicion is not None:
-            self.suspect(suspicion)
+            self.engine.suspect(suspicion)
 
     # -- the operator's D-Bus API (report/dbus_api.py) ----------------------------------
 
@@ -236,12 +232,12 @@ class Daemon:
 
     def api_pause(self) -> None:
         self.engine.gate.paused = True
-        log(Kind.HELD_BACK, "paused by the operator: observing only until resumed", NOTICE, reason="paused")
+        log(Kind.PAUSED, "paused by the operator: observing only until resumed", NOTICE)
         self.update_status()
 
     def api_resume(self) -> None:
         self.engine.gate.paused = False
-        log(Kind.CONFIG_RELOADED, "resumed by the operator: repairing again", NOTICE)
+        log(Kind.RESUMED, "resumed by the operator: repairing again", NOTICE)
         self.update_status()
         self.engine.retry_held()
         self._check_cni_dir()

@@ -31,6 +31,8 @@ class Kind(Enum):
     HELD_BACK = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f17"
     PLACEHOLDER_ACTIVE = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f20"
     PLACEHOLDER_REMOVED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f21"
+    PAUSED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f22"
+    RESUMED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f23"
     # `nodemedic repoint`
     REPOINT_REFUSED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f30"
     REPOINT_STARTED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f31"
