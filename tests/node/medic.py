@@ -1,6 +1,7 @@
-"""Shared by the ladder tests (test_ladders_*.py): nodemedic running as its unit in a node, with
-short waits, its bus policy installed so the CLI can steer it, and ways to read what it did
-(journal entries by MESSAGE_ID, state.json) and what the node really is (CRI, /proc/sys)."""
+"""Shared by the node tests that run the daemon (test_daemon, test_operator, test_ladders_*):
+nodemedic running as its unit in a node, with short waits, its bus policy installed so the CLI
+can steer it, and ways to read what it did (journal entries by MESSAGE_ID, state.json) and what
+the node really is (CRI, /proc/sys)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,19 @@ import json
 from typing import Any
 
 from nodemedic.report.journal import Kind
-from tests.node.test_daemon import STATE, nodemedic_entries
 from tests.node.testbed.node import NODE_PYTHON, REPO_ROOT, Node
 
 POLICY = "/etc/dbus-1/system.d/org.nodemedic1.conf"
 MEDIA = ("/srv/media", "/mnt/media")
+CNI_DIR = "/etc/cni/net.d"
+STATE = "/var/lib/nodemedic/state.json"
 # Short waits so a module runs in a few minutes; the shipped defaults are for real nodes.
-LADDER_CONFIG = """\
+# verify_attempts x verify_interval is also the window in which test_daemon kills a repair.
+TEST_CONFIG = """\
 [policy]
 cooldown = "1s"
 cooldown_max = "2s"
-verify_attempts = 5
+verify_attempts = 8
 verify_interval = "1s"
 
 [imagefs]
@@ -27,15 +30,38 @@ warmup_interval = "1s"
 """
 
 
-def start_medic(node: Node, extra: str = "") -> None:
-    """Start nodemedic.service (installed, not started, by the node fixture) with LADDER_CONFIG
-    plus `extra`, and wait until it answers on D-Bus."""
+def nodemedic_entries(node: Node, kind: Kind, since: str = "", **fields: str) -> list[dict]:
+    matches = {f"NODEMEDIC_{k.upper()}": v for k, v in fields.items()}
+    return node.journal(message_id=kind.value, fields=matches, since=since or None)
+
+
+def wait_healed(node: Node, problem: str, since: str, timeout: float = 60.0) -> dict:
+    return node.wait_for(lambda: nodemedic_entries(node, Kind.HEALED, since, problem=problem),
+                         timeout=timeout, what=f"{problem} healed")[-1]
+
+
+def empty_cni_dir(node: Node) -> None:
+    node.run(["find", CNI_DIR, "-mindepth", "1", "-delete"])
+
+
+def start_nodemedic(node: Node, extra: str = "", *, bootstrapping: bool = False) -> Node:
+    """Start nodemedic.service (installed, not started, by the node fixture) with TEST_CONFIG
+    plus `extra`, and wait until it answers on D-Bus. `bootstrapping`: first take the node back
+    to one that never had a CNI config (the placeholder policy's default case), with containerd
+    reporting NetworkReady=false; otherwise nodemedic sees the node's real config at start."""
     node.write_file(POLICY, (REPO_ROOT / "units/org.nodemedic1.conf").read_text())
     node.systemctl("reload", "dbus")
-    node.write_file("/etc/nodemedic/conf.d/50-test.toml", LADDER_CONFIG + extra)
+    node.write_file("/etc/nodemedic/conf.d/50-test.toml", TEST_CONFIG + extra)
+    # The test bed installs the wheel, whose entry point lives in /usr/local/bin.
     node.drop_in("nodemedic.service", "10-testbed", "[Service]\nExecStart=\nExecStart=/usr/local/bin/nodemedic run\n")
+    if bootstrapping:
+        node.run(["mkdir", "-p", CNI_DIR])
+        empty_cni_dir(node)
+        node.systemctl("restart", "containerd")
+        node.wait_for(lambda: not node.cri_status().network_ready, what="containerd without CNI config")
     node.systemctl("start", "nodemedic")
     node.wait_for(lambda: cli(node, "status").returncode in (0, 1), what="nodemedic answering on D-Bus")
+    return node
 
 
 def cli(node: Node, *args: str) -> Any:

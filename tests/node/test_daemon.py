@@ -12,55 +12,15 @@ import re
 import pytest
 
 from nodemedic.report.journal import Kind
-from tests.node.testbed.node import Node, install_nodemedic
+from tests.node.medic import CNI_DIR, empty_cni_dir, nodemedic_entries, phase, start_nodemedic, wait_healed
+from tests.node.testbed.node import Node
 
 pytestmark = pytest.mark.node
-
-CNI_DIR = "/etc/cni/net.d"
-STATE = "/var/lib/nodemedic/state.json"
-# Short waits so the module runs in a couple of minutes; the defaults are for real nodes.
-TEST_CONFIG = """\
-[policy]
-cooldown = "1s"
-cooldown_max = "2s"
-verify_attempts = 8
-verify_interval = "1s"
-"""
-
-
-def nodemedic_entries(node: Node, kind: Kind, since: str = "", **fields: str) -> list[dict]:
-    matches = {f"NODEMEDIC_{k.upper()}": v for k, v in fields.items()}
-    return node.journal(message_id=kind.value, fields=matches, since=since or None)
-
-
-def wait_healed(node: Node, problem: str, since: str, timeout: float = 60.0) -> dict:
-    return node.wait_for(lambda: nodemedic_entries(node, Kind.HEALED, since, problem=problem),
-                         timeout=timeout, what=f"{problem} healed")[-1]
-
-
-def empty_cni_dir(node: Node) -> None:
-    node.run(["find", CNI_DIR, "-mindepth", "1", "-delete"])
-
-
-def start_nodemedic(node: Node, config: str = TEST_CONFIG) -> Node:
-    """Start nodemedic as a unit on a node that is still bootstrapping: no CNI config has ever
-    been there (the placeholder policy's default case), containerd reporting NetworkReady=false."""
-    install_nodemedic(node)
-    node.write_file("/etc/nodemedic/conf.d/50-test.toml", config)
-    # Until the tests install the .deb, the wheel's entry point lives in /usr/local/bin.
-    node.drop_in("nodemedic.service", "10-testbed", "[Service]\nExecStart=\nExecStart=/usr/local/bin/nodemedic run\n")
-    node.run(["mkdir", "-p", CNI_DIR])
-    empty_cni_dir(node)
-    node.systemctl("restart", "containerd")
-    node.wait_for(lambda: not node.cri_status().network_ready, what="containerd without CNI config")
-    node.systemctl("start", "nodemedic")
-    return node
-
 
 @pytest.fixture(scope="module")
 def medic(node: Node) -> Node:
     """The node with nodemedic installed from the working tree and running as a unit."""
-    return start_nodemedic(node)
+    return start_nodemedic(node, bootstrapping=True)
 
 
 def test_unit_is_ready_with_a_status_line(medic: Node):
@@ -148,10 +108,6 @@ def test_reload_applies_a_dropin_and_keeps_the_old_config_on_error(medic: Node):
                                                                   check=False).stdout, what="repair mode again")
 
 
-def _phase(node: Node, problem: str) -> str:
-    return json.loads(node.read_file(STATE))["problems"].get(problem, {}).get("phase", "")
-
-
 def test_sigkill_mid_repair_resumes_by_verifying_and_never_repeats(medic: Node):
     wait_healed(medic, "cni-config-missing", since="")
     cursor = medic.cursor()
@@ -160,7 +116,7 @@ def test_sigkill_mid_repair_resumes_by_verifying_and_never_repeats(medic: Node):
     # the placeholder is written but CRI stays not ready, so nodemedic sits in "verifying".
     medic.run(["rm", "-rf", CNI_DIR])
     medic.run(["mkdir", CNI_DIR])
-    medic.wait_for(lambda: _phase(medic, "cni-config-missing") == "verifying", timeout=60, interval=0.2,
+    medic.wait_for(lambda: phase(medic, "cni-config-missing") == "verifying", timeout=60, interval=0.2,
                    what="nodemedic verifying the placeholder")
     medic.systemctl("kill", "--signal=SIGKILL", "nodemedic")
     medic.wait_for(lambda: medic.unit_state("nodemedic.service").n_restarts > restarts, what="systemd restart")

@@ -10,8 +10,18 @@ from __future__ import annotations
 import pytest
 
 from nodemedic.report.journal import Kind
-from tests.node.medic import cri_info, media_checksums, phase, start_medic, steps_started, wait_for_kind
-from tests.node.test_daemon import CNI_DIR, empty_cni_dir, nodemedic_entries, wait_healed
+from tests.node.medic import (
+    CNI_DIR,
+    cri_info,
+    empty_cni_dir,
+    media_checksums,
+    nodemedic_entries,
+    phase,
+    start_nodemedic,
+    steps_started,
+    wait_for_kind,
+    wait_healed,
+)
 from tests.node.testbed import faults
 from tests.node.testbed.node import Node
 
@@ -34,7 +44,7 @@ def medic(node: Node) -> Node:
     empty_cni_dir(node)
     node.systemctl("restart", "containerd")
     node.wait_for(lambda: not node.cri_status().network_ready, what="containerd without CNI config")
-    start_medic(node)
+    start_nodemedic(node)
     return node
 
 

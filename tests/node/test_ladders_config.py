@@ -16,8 +16,16 @@ import pytest
 
 from nodemedic.probes.cri import CriCallFailed
 from nodemedic.report.journal import Kind
-from tests.node.medic import cli, cri_info, media_checksums, start_medic, steps_started, wait_for_kind
-from tests.node.test_daemon import nodemedic_entries, wait_healed
+from tests.node.medic import (
+    cli,
+    cri_info,
+    media_checksums,
+    nodemedic_entries,
+    start_nodemedic,
+    steps_started,
+    wait_for_kind,
+    wait_healed,
+)
 from tests.node.testbed import faults
 from tests.node.testbed.node import NODE_PYTHON, Node
 
@@ -26,7 +34,7 @@ pytestmark = pytest.mark.node
 
 @pytest.fixture(scope="module")
 def medic(node: Node) -> Node:
-    start_medic(node, '\n[ingest]\nstale_age = "5s"\n')
+    start_nodemedic(node, '\n[ingest]\nstale_age = "5s"\n')
     return node
 
 

@@ -12,8 +12,16 @@ import secrets
 import pytest
 
 from nodemedic.report.journal import Kind
-from tests.node.medic import cli, media_checksums, phase, start_medic, steps_started, wait_for_kind
-from tests.node.test_daemon import nodemedic_entries, wait_healed
+from tests.node.medic import (
+    cli,
+    media_checksums,
+    nodemedic_entries,
+    phase,
+    start_nodemedic,
+    steps_started,
+    wait_for_kind,
+    wait_healed,
+)
 from tests.node.testbed import faults
 from tests.node.testbed.node import Node
 
@@ -26,7 +34,7 @@ PROBLEM = "imagefs-capacity-zero"
 
 @pytest.fixture(scope="module")
 def medic(node: Node) -> Node:
-    start_medic(node, "\n[problems.imagefs-capacity-zero]\nattempt_budget = 2\n")
+    start_nodemedic(node, "\n[problems.imagefs-capacity-zero]\nattempt_budget = 2\n")
     return node
 
 

@@ -11,8 +11,16 @@ from collections.abc import Iterator
 import pytest
 
 from nodemedic.report.journal import Kind
-from tests.node.medic import cli, media_checksums, phase, reload_medic, start_medic, steps_started, wait_for_kind
-from tests.node.test_daemon import wait_healed
+from tests.node.medic import (
+    cli,
+    media_checksums,
+    phase,
+    reload_medic,
+    start_nodemedic,
+    steps_started,
+    wait_for_kind,
+    wait_healed,
+)
 from tests.node.testbed import faults
 from tests.node.testbed.node import Node
 
@@ -34,7 +42,7 @@ os.close(fd)
 
 @pytest.fixture(scope="module")
 def medic(node: Node) -> Node:
-    start_medic(node)
+    start_nodemedic(node)
     return node
 
 

@@ -13,14 +13,15 @@ from nodemedic.report.journal import Kind
 from tests.node.medic import (
     cli,
     media_checksums,
+    nodemedic_entries,
     phase,
     reload_medic,
     signature_override,
-    start_medic,
+    start_nodemedic,
     steps_started,
     wait_for_kind,
+    wait_healed,
 )
-from tests.node.test_daemon import nodemedic_entries, wait_healed
 from tests.node.testbed import faults
 from tests.node.testbed.node import Node
 
@@ -32,7 +33,7 @@ KUBELET = "kubelet.service"
 
 @pytest.fixture(scope="module")
 def medic(node: Node) -> Node:
-    start_medic(node)
+    start_nodemedic(node)
     # kubelet's "container runtime is down" must persist 1 min before it counts; 12 s here (its lines come every 5 s).
     signature_override(node, "kubelet-container-runtime-down", 'persists = "1m"', 'persists = "12s"')
     reload_medic(node)

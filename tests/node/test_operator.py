@@ -10,19 +10,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nodemedic.report.journal import Kind
-from tests.node.test_daemon import (
-    CNI_DIR,
-    TEST_CONFIG,
-    empty_cni_dir,
-    nodemedic_entries,
-    start_nodemedic,
-    wait_healed,
-)
-from tests.node.testbed.node import REPO_ROOT, Node
+from tests.node.medic import CNI_DIR, empty_cni_dir, nodemedic_entries, start_nodemedic, wait_healed
+from tests.node.testbed.node import Node
 
 pytestmark = pytest.mark.node
 
-POLICY = "/etc/dbus-1/system.d/org.nodemedic1.conf"
 METRICS = "/var/lib/prometheus/node-exporter/nodemedic.prom"
 INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
 
@@ -41,19 +33,10 @@ def problem(node: Node, name: str) -> dict | None:
     return next((p for p in status(node)["problems"] if p["problem"] == name), None)
 
 
-def node_repo_file(path: str) -> str:
-    return (REPO_ROOT / path).read_text()
-
-
 @pytest.fixture(scope="module")
 def medic(node: Node) -> Node:
-    # What the .deb installs: the bus policy (only root steers) and a metrics path chosen by the
-    # operator, whose directory nodemedic then creates.
-    node.write_file(POLICY, node_repo_file("units/org.nodemedic1.conf"))
-    node.systemctl("reload", "dbus")
-    start_nodemedic(node, TEST_CONFIG + f'[metrics]\ntextfile = "{METRICS}"\n')
-    node.wait_for(lambda: cli(node, "status").returncode == 0, what="nodemedic answering on D-Bus")
-    return node
+    # A metrics path chosen by the operator: nodemedic creates its directory.
+    return start_nodemedic(node, f'[metrics]\ntextfile = "{METRICS}"\n', bootstrapping=True)
 
 
 def test_status_reports_the_daemon_and_not_running_is_exit_3(medic: Node):
