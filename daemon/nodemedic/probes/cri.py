@@ -1,32 +1,54 @@
 """CRI probe: RuntimeService.Status and ImageService.ImageFsInfo over containerd's unix socket.
 
-The async client (grpc.aio) is what the daemon uses on its event loop; `cri_status()` and
-`imagefs_info()` are blocking conveniences for the CLI and tests (they use grpc's sync API, so
-they also work from code that already runs an event loop). Every call has a deadline: a wedged
-containerd must turn into `CriUnavailable`, never into a hung probe.
+The client is grpclib, a pure-asyncio gRPC implementation, over the message classes of the CRI
+stubs package: it runs on the daemon's one event loop with no threads of its own, so an idle
+daemon is not woken by a gRPC runtime's timers (grpcio's event engine woke it ~15 times a second
+once a channel existed; see bench/RESULTS.md). `cri_status()` and `imagefs_info()` are blocking
+conveniences for the CLI and tests; they also work from code that already runs an event loop.
+Every call has a deadline: a wedged containerd must turn into `CriUnavailable`, never into a hung
+probe.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import importlib
+import importlib.util
 import os
 import stat
+import sys
+import types
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-import grpc
-import grpc.aio
-from cri_api.v1 import api_pb2, api_pb2_grpc
+from grpclib.client import Channel, UnaryUnaryMethod
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+
+
+def _cri_messages() -> types.ModuleType:
+    """The CRI v1 message classes, without the stubs package's __init__, which imports its grpcio
+    service stubs (and so grpcio, ~10 MiB resident) that nodemedic never uses: an empty package
+    object on the same path lets Python import just the messages module."""
+    if "cri_api" not in sys.modules:
+        spec = importlib.util.find_spec("cri_api")
+        if spec is not None and spec.submodule_search_locations:
+            shell = types.ModuleType("cri_api")
+            shell.__path__ = list(spec.submodule_search_locations)
+            sys.modules["cri_api"] = shell
+    return importlib.import_module("cri_api.v1.api_pb2")
+
+
+api_pb2 = _cri_messages()
 
 DEFAULT_SOCKET = "/run/containerd/containerd.sock"
 DEFAULT_TIMEOUT = 5.0
+T = TypeVar("T")
 
-# A unix socket never needs a proxy, and grpc would otherwise honour http_proxy from the
-# environment; reconnect backoff is kept short because one probe is one short-lived channel.
-_CHANNEL_OPTIONS = [
-    ("grpc.enable_http_proxy", 0),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
+STATUS = "/runtime.v1.RuntimeService/Status"
+IMAGEFS_INFO = "/runtime.v1.ImageService/ImageFsInfo"
 
 
 class CriError(Exception):
@@ -63,24 +85,25 @@ class ImageFsUsage:
     inodes_used: int
 
 
-def _target(socket: str) -> str:
-    """Check the socket before dialling: a missing path is the common case and grpc would
-    only report it after its connect attempt; a plain file there is not a runtime either."""
+def _check_socket(socket: str) -> None:
+    """Check the socket before dialling: a missing path is the common case, and a plain file
+    there is not a runtime either; both are answered at once, without a connect attempt."""
     try:
         mode = os.stat(socket).st_mode
     except OSError as e:
         raise CriUnavailable(f"{socket}: {e.strerror}") from e
     if not stat.S_ISSOCK(mode):
         raise CriUnavailable(f"{socket}: not a socket")
-    return f"unix://{os.path.abspath(socket)}"
 
 
-def _translate(err: grpc.RpcError, socket: str) -> CriError:
-    code = err.code() if hasattr(err, "code") else None
-    details = (err.details() if hasattr(err, "details") else None) or str(err)
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return CriUnavailable(f"{socket}: {code.name}: {details}")
-    return CriCallFailed(code.name if code is not None else "UNKNOWN", details)
+def _translate(err: Exception, socket: str) -> CriError:
+    if isinstance(err, GRPCError):
+        if err.status in (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED):
+            return CriUnavailable(f"{socket}: {err.status.name}: {err.message}")
+        return CriCallFailed(err.status.name, err.message or "")
+    if isinstance(err, TimeoutError):
+        return CriUnavailable(f"{socket}: no answer before the deadline")
+    return CriUnavailable(f"{socket}: {err}")  # refused, reset, or not speaking HTTP/2
 
 
 def _status_from(resp: Any) -> CriStatus:
@@ -117,42 +140,37 @@ class CriClient:
     def __init__(self, socket: str = DEFAULT_SOCKET, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.socket = socket
         self.timeout = timeout
-        self._channel: grpc.aio.Channel | None = None
+        self._channel: Channel | None = None
 
-    def _chan(self) -> grpc.aio.Channel:
-        target = _target(self.socket)  # re-checked every call: the socket comes and goes
+    async def _unary(self, method: str, request: Any, reply_type: type) -> Any:
+        _check_socket(self.socket)  # re-checked every call: the socket comes and goes
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
-        return self._channel
-
-    async def _unary(self, service: str, method: str, request: Any) -> Any:
-        stub = getattr(api_pb2_grpc, f"{service}Stub")(self._chan())
+            self._channel = Channel(path=self.socket)
+        call = UnaryUnaryMethod(self._channel, method, type(request), reply_type)
         try:
-            return await getattr(stub, method)(request, timeout=self.timeout)
-        except grpc.RpcError as e:
-            await self._reset()
+            return await call(request, timeout=self.timeout)
+        except (GRPCError, TimeoutError, OSError, ProtocolError, StreamTerminatedError) as e:
+            # After a failure the runtime may come back on a new socket inode; start over.
+            await self.close()
             raise _translate(e, self.socket) from e
 
     async def status(self) -> CriStatus:
-        return _status_from(await self._unary("RuntimeService", "Status", api_pb2.StatusRequest(verbose=False)))
+        return _status_from(await self._unary(STATUS, api_pb2.StatusRequest(verbose=False), api_pb2.StatusResponse))
 
     async def status_info(self) -> dict[str, str]:
         """Status(verbose=True)'s info map: containerd puts its effective CRI config in "config"
         (what `crictl info` shows), the live answer to "which settings is it running with"."""
-        resp = await self._unary("RuntimeService", "Status", api_pb2.StatusRequest(verbose=True))
+        resp = await self._unary(STATUS, api_pb2.StatusRequest(verbose=True), api_pb2.StatusResponse)
         return dict(resp.info)
 
     async def imagefs_info(self) -> list[ImageFsUsage]:
-        return _imagefs_from(await self._unary("ImageService", "ImageFsInfo", api_pb2.ImageFsInfoRequest()))
-
-    async def _reset(self) -> None:
-        # After a failure the runtime may come back on a new socket inode; start over.
-        await self.close()
+        return _imagefs_from(await self._unary(IMAGEFS_INFO, api_pb2.ImageFsInfoRequest(),
+                                               api_pb2.ImageFsInfoResponse))
 
     async def close(self) -> None:
         if self._channel is not None:
-            chan, self._channel = self._channel, None
-            await chan.close()
+            channel, self._channel = self._channel, None
+            channel.close()
 
     async def __aenter__(self) -> CriClient:
         return self
@@ -161,22 +179,26 @@ class CriClient:
         await self.close()
 
 
-def _sync_call(socket: str, timeout: float, service: str, method: str, request: Any) -> Any:
-    with grpc.insecure_channel(_target(socket), options=_CHANNEL_OPTIONS) as chan:
-        stub_cls = getattr(api_pb2_grpc, f"{service}Stub")
-        try:
-            return getattr(stub_cls(chan), method)(request, timeout=timeout)
-        except grpc.RpcError as e:
-            raise _translate(e, socket) from e
+def _blocking(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to the end from blocking code, even where an event loop already runs."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def _once(socket: str, timeout: float, call: str) -> Any:
+    async with CriClient(socket, timeout) as client:
+        return await getattr(client, call)()
 
 
 def cri_status(socket: str = DEFAULT_SOCKET, timeout: float = DEFAULT_TIMEOUT) -> CriStatus:
     """Blocking RuntimeService.Status."""
-    resp = _sync_call(socket, timeout, "RuntimeService", "Status", api_pb2.StatusRequest(verbose=False))
-    return _status_from(resp)
+    return _blocking(_once(socket, timeout, "status"))
 
 
 def imagefs_info(socket: str = DEFAULT_SOCKET, timeout: float = DEFAULT_TIMEOUT) -> list[ImageFsUsage]:
     """Blocking ImageService.ImageFsInfo."""
-    resp = _sync_call(socket, timeout, "ImageService", "ImageFsInfo", api_pb2.ImageFsInfoRequest())
-    return _imagefs_from(resp)
+    return _blocking(_once(socket, timeout, "imagefs_info"))
