@@ -257,7 +257,12 @@ class Engine:
     def _transition(self, record: ProblemRecord, phase: Phase, kind: Kind | None, detail: str,
                     priority: int = NOTICE) -> None:
         record.move(phase, detail)
-        self._save()
+        if phase in (Phase.SUSPECTED, Phase.CONFIRMED):
+            # A restart turns these back into idle (resume), so they need no fsync'd write: the
+            # two disk syncs they would cost sit between a fault and its first step.
+            self.on_change()
+        else:
+            self._save()
         self.on_transition(record.problem, phase)
         if kind is not None:
             log(kind, f"{record.problem}: {phase}: {detail}", priority, problem=record.problem, state=phase,
