@@ -24,8 +24,10 @@ RUN_ROWS = (
 
 
 def run_bench(name: str, *args: str, timeout: float = 300) -> str:
-    return subprocess.run([sys.executable, str(REPO / "bench" / name), "--smoke", *args],
-                          check=True, capture_output=True, text=True, timeout=timeout).stdout
+    done = subprocess.run([sys.executable, str(REPO / "bench" / name), "--smoke", *args],
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"bench/{name} failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    return done.stdout
 
 
 def test_match_bench_smoke_prints_its_table():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_fixed
 
@@ -113,17 +113,17 @@ class Engine:
             record.episodes = 0  # quiet long enough: the next episode starts without cooldown
         if healed and not suspicion.forced and await self._healthy_now(suspicion.problem):
             return  # a late line about the outage just healed: the probe says it is still healed
-        if not exhausted:
-            record.trigger, record.trigger_cursor = suspicion.trigger, suspicion.cursor
-            self._transition(record, Phase.SUSPECTED, Kind.SUSPECTED, suspicion.detail or suspicion.trigger)
-        if not await self._confirm(suspicion.problem):
-            if exhausted:
-                self._transition(record, Phase.IDLE, Kind.NOT_CONFIRMED, "cleared; live probe is healthy again")
-            else:
-                self._transition(record, Phase.IDLE, Kind.NOT_CONFIRMED, "live probe says healthy; no action")
-            return
         if exhausted:
-            return  # still broken; waits for the operator or for the probe to clear
+            # Not "is it broken?" but "has it cleared?": the component may need a moment to catch
+            # up with the news (containerd reloading a CNI config that just appeared).
+            if await self._retry_until(lambda: self._healthy_now(suspicion.problem)):
+                self._transition(record, Phase.IDLE, Kind.NOT_CONFIRMED, "cleared; live probe is healthy again")
+            return  # still broken: it waits for the operator or for the probe to clear
+        record.trigger, record.trigger_cursor = suspicion.trigger, suspicion.cursor
+        self._transition(record, Phase.SUSPECTED, Kind.SUSPECTED, suspicion.detail or suspicion.trigger)
+        if not await self._confirm(suspicion.problem):
+            self._transition(record, Phase.IDLE, Kind.NOT_CONFIRMED, "live probe says healthy; no action")
+            return
         self._transition(record, Phase.CONFIRMED, Kind.CONFIRMED, "confirmed by live probe"
                          if suspicion.problem in self.confirms else "confirmed by its signature's threshold")
         remedy = self.remedies.get(suspicion.problem)
@@ -206,26 +206,32 @@ class Engine:
         except Exception:
             return False
 
+    async def _retry_until(self, check: Callable[[], Awaitable[bool]], attempts: int | None = None,
+                           interval: float | None = None) -> bool:
+        """Call `check` until it says True, `attempts` times `interval` apart (policy's verify
+        schedule by default); False when it never did."""
+        policy = self.ctx.settings.policy
+        retrying = AsyncRetrying(stop=stop_after_attempt(max(1, attempts or policy.verify_attempts)),
+                                 wait=wait_fixed(policy.verify_interval if interval is None else interval),
+                                 retry=retry_if_result(lambda ok: not ok), retry_error_callback=lambda _state: False)
+
+        async def once() -> bool:  # tenacity awaits only coroutine functions, not lambdas returning one
+            return await check()
+
+        return await retrying(once)
+
     async def _confirm(self, problem: str) -> bool:
         probe = self.confirms.get(problem)
         if probe is None:
             return True
-        policy = self.ctx.settings.policy
         # The component may not have noticed yet (containerd reloads CNI config on its own
         # fsnotify event), so give the probe a few chances to see the problem.
-        retrying = AsyncRetrying(stop=stop_after_attempt(max(1, policy.verify_attempts)),
-                                 wait=wait_fixed(policy.verify_interval), retry=retry_if_result(lambda ok: not ok),
-                                 retry_error_callback=lambda _state: False)
-        return await retrying(probe, self.ctx)
+        return await self._retry_until(lambda: probe(self.ctx))
 
     async def _verify(self, step: Step) -> bool:
-        policy = self.ctx.settings.policy
         # A step may bring its own schedule (the image-fs warm-up: 5 attempts, 3 s apart).
         schedule = getattr(step, "verify_schedule", None)
-        attempts, interval = schedule(self.ctx) if schedule else (policy.verify_attempts, policy.verify_interval)
-        retrying = AsyncRetrying(stop=stop_after_attempt(max(1, attempts)),
-                                 wait=wait_fixed(interval), retry=retry_if_result(lambda ok: not ok),
-                                 retry_error_callback=lambda _state: False)
+        attempts, interval = schedule(self.ctx) if schedule else (None, None)
 
         async def attempt() -> bool:
             try:
@@ -233,7 +239,7 @@ class Engine:
             except Exception:
                 return False
 
-        return await retrying(attempt)
+        return await self._retry_until(attempt, attempts, interval)
 
     def _finish_step(self, record: ProblemRecord, step: Step, result: str, detail: str = "", error: str = "",
                      resumed: bool = False) -> None:
