@@ -213,7 +213,11 @@ def idle(bench: BenchNode, seconds: float, fresh_seconds: float, settle: float) 
     that ever had a problem), the main window of `seconds`."""
     node = bench.node
     node.systemctl("stop", "kubelet")
-    node.systemctl("restart", "nodemedic")
+    # A clean daemon for this measure: earlier cycles may have left a problem exhausted, which
+    # state.json carries across a restart, and an exhausted problem is not repaired again.
+    node.systemctl("stop", "nodemedic")
+    node.run(["rm", "-f", "/var/lib/nodemedic/state.json"])
+    node.systemctl("start", "nodemedic")
     time.sleep(settle)  # let the stop's and the start's own journal lines and unit changes pass
     fresh = _window(bench, fresh_seconds)
     bench.inside("cni.py", "cycle", "--runs", "0", "--text", REAL_CONF)
