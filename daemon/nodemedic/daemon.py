@@ -22,6 +22,7 @@ from nodemedic.hostroot import HostRoot
 from nodemedic.probes.cri import CriClient
 from nodemedic.repairs import cni
 from nodemedic.repairs.context import RepairContext
+from nodemedic.repairs.ingest import INGEST
 from nodemedic.repairs.remedies import CONFIRMS, CONTAINERD, REMEDIES
 from nodemedic.repairs.safety import Guard
 from nodemedic.report.dbus_api import ApiServer, RefusedError
@@ -79,7 +80,7 @@ class Daemon:
         self.paths = PathSource({
             "cni_conf_dir": root.path(settings.paths.cni_conf_dir),
             "containerd_root": root.path(settings.paths.containerd_root),
-            "ingest_dir": root.path(settings.paths.containerd_root) / "io.containerd.content.v1.content" / "ingest",
+            "ingest_dir": root.path(settings.paths.containerd_root).joinpath(*INGEST),
         }, self.queue)
         self.stopping = asyncio.Event()
         self._status = ""
