@@ -228,6 +228,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(_root(args))
 
 
+def cmd_step(args: argparse.Namespace) -> int:
+    from nodemedic.repairs.step_actions import run_step  # CRI and D-Bus imports only when needed
+
+    return run_step(_root(args), args.name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nodemedic", description=__doc__)
     parser.add_argument("--version", action="version", version=f"nodemedic {__version__}")
@@ -273,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the resident daemon (systemd Type=notify)")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("step", help="run one privileged repair step (what nodemedic-step@NAME.service runs)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_step)
 
     p = sub.add_parser("match", help="match journald MESSAGE lines (file or stdin) against the catalogue")
     p.add_argument("file", nargs="?", help="file of MESSAGE lines; '-' or absent for stdin")

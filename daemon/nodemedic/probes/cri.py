@@ -49,6 +49,7 @@ T = TypeVar("T")
 
 STATUS = "/runtime.v1.RuntimeService/Status"
 IMAGEFS_INFO = "/runtime.v1.ImageService/ImageFsInfo"
+LIST_POD_SANDBOX = "/runtime.v1.RuntimeService/ListPodSandbox"
 
 
 class CriError(Exception):
@@ -83,6 +84,14 @@ class ImageFsUsage:
     mountpoint: str
     used_bytes: int
     inodes_used: int
+
+
+@dataclass(frozen=True, slots=True)
+class PodSandbox:
+    id: str
+    name: str
+    namespace: str
+    ready: bool  # SANDBOX_READY; otherwise SANDBOX_NOTREADY
 
 
 def _check_socket(socket: str) -> None:
@@ -142,13 +151,13 @@ class CriClient:
         self.timeout = timeout
         self._channel: Channel | None = None
 
-    async def _unary(self, method: str, request: Any, reply_type: type) -> Any:
+    async def _unary(self, method: str, request: Any, reply_type: type, timeout: float | None = None) -> Any:
         _check_socket(self.socket)  # re-checked every call: the socket comes and goes
         if self._channel is None:
             self._channel = Channel(path=self.socket)
         call = UnaryUnaryMethod(self._channel, method, type(request), reply_type)
         try:
-            return await call(request, timeout=self.timeout)
+            return await call(request, timeout=self.timeout if timeout is None else timeout)
         except (GRPCError, TimeoutError, OSError, ProtocolError, StreamTerminatedError) as e:
             # After a failure the runtime may come back on a new socket inode; start over.
             await self.close()
@@ -166,6 +175,14 @@ class CriClient:
     async def imagefs_info(self) -> list[ImageFsUsage]:
         return _imagefs_from(await self._unary(IMAGEFS_INFO, api_pb2.ImageFsInfoRequest(),
                                                api_pb2.ImageFsInfoResponse))
+
+    async def list_pod_sandboxes(self, timeout: float | None = None) -> list[PodSandbox]:
+        """RuntimeService.ListPodSandbox, unfiltered: what kubelet's PLEG relists every second.
+        `timeout` overrides the client's deadline for this call (a relist should answer at once)."""
+        resp = await self._unary(LIST_POD_SANDBOX, api_pb2.ListPodSandboxRequest(), api_pb2.ListPodSandboxResponse,
+                                 timeout)
+        return [PodSandbox(id=s.id, name=s.metadata.name, namespace=s.metadata.namespace,
+                           ready=s.state == api_pb2.SANDBOX_READY) for s in resp.items]
 
     async def close(self) -> None:
         if self._channel is not None:
