@@ -50,6 +50,9 @@ PACKAGES = (
     "kmod",
     "e2fsprogs",
     "psmisc",
+    # /bin/busybox for the local stand-in of the pause image (testbed/images.py): CRI RunPodSandbox
+    # needs a sandbox image and the node is offline.
+    "busybox-static",
 )
 
 # Bump when the build steps below change in a way the package list does not show.
