@@ -84,6 +84,14 @@ def reload_medic(node: Node) -> None:
     node.wait_for(lambda: nodemedic_entries(node, Kind.CONFIG_RELOADED, cursor), what="configuration reloaded")
 
 
+def forget(node: Node, problem: str) -> None:
+    """`nodemedic forget`: taken at once (never "busy" because an exhausted problem is being
+    re-checked), and the record is gone."""
+    result = cli(node, "forget", problem)
+    assert result.returncode == 0, result.stderr
+    assert phase(node, problem) == ""
+
+
 def phase(node: Node, problem: str) -> str:
     return json.loads(node.read_file(STATE))["problems"].get(problem, {}).get("phase", "")
 

@@ -16,7 +16,12 @@ def test_missing_runtime_is_named_with_the_ladder_nodemedic_would_climb(tmp_path
     found = findings(capsys, tmp_path)
     runtime = found["runtime"]
     assert not runtime["ok"] and runtime["problem"] == "runtime-down"
-    assert runtime["plan"] == ["step 1: restart-containerd (disruptive)"]
+    assert runtime["plan"] == [
+        "step 1: restart-containerd (disruptive)",
+        "step 2: gentle-node-reset (disruptive)",
+        "step 3: aggressive-node-reset (destructive) - held back: destructive steps are off "
+        "(policy.allow_destructive = false)",
+    ]
 
 
 def test_symlinked_containerd_root_and_stale_ingest_are_reported(tmp_path, capsys):

@@ -19,11 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from enum import StrEnum
 
-from nodemedic.flows.services import CONTAINERD, KUBELET, runtime_ready, wait_until, warm_imagefs
+from nodemedic.flows.services import CONTAINERD, KUBELET, warm_imagefs
 from nodemedic.flows.systemd import FlowBus
-from nodemedic.probes.fs import read_mountinfo
-from nodemedic.repairs import cni
-from nodemedic.repairs.containerd_root import MoveRootAside, running_shims
+from nodemedic.repairs import cni, reset
+from nodemedic.repairs.containerd_root import MoveRootAside, root_refusal, running_shims
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.safety import remove_file, remove_tree
 
@@ -45,13 +44,6 @@ JOIN_FILES = (
     "/var/lib/kubelet/memory_manager_state",
 )
 JOIN_TREES = ("/var/lib/kubelet/pki",)  # kubelet's client and serving certificates
-CONTROL_PLANE_MARKS = (
-    "/etc/kubernetes/manifests/kube-apiserver.yaml",
-    "/etc/kubernetes/manifests/etcd.yaml",
-    "/etc/kubernetes/admin.conf",
-    "/var/lib/etcd/member",
-)
-
 
 def choose_level(failed_attempt: int, gentle_cleanups: int, allow_destructive: bool) -> tuple[Level, str]:
     """The cleanup after the `failed_attempt`-th failure, and why it is gentler than the ladder says."""
@@ -66,9 +58,8 @@ def aggressive_refusal(ctx: RepairContext, argv: Sequence[str]) -> str:
     """Why the aggressive cleanup must not run on this node now, or ""."""
     if "--control-plane" in argv:
         return "a control-plane join: never reset a control-plane node without removing it from etcd first"
-    marks = [p for p in CONTROL_PLANE_MARKS if ctx.node_path(p).exists()]
-    if marks:
-        return f"this node looks like a control plane ({marks[0]}): never reset it from here"
+    if mark := reset.control_plane_mark(ctx):
+        return f"this node looks like a control plane ({mark}): never reset it from here"
     shims = running_shims()
     if shims:
         return f"{len(shims)} container shim(s) running: never clean up under running workloads"
@@ -76,20 +67,11 @@ def aggressive_refusal(ctx: RepairContext, argv: Sequence[str]) -> str:
 
 
 async def gentle(ctx: RepairContext) -> list[str]:
-    bus = ctx.bus
-    assert isinstance(bus, FlowBus)
-    timeout, policy = ctx.settings.policy.step_timeout, ctx.settings.policy
-    done = []
-    if removed := cni.remove_placeholder_if_superseded(ctx):
-        done.append(f"removed the superseded placeholder {removed}")
-    elif await cni.WritePlaceholder().needed(ctx):
+    done: list[str] = []
+    reset.tidy_placeholder(ctx, done)
+    if not done and await cni.WritePlaceholder().needed(ctx):
         done.append(await cni.WritePlaceholder().apply(ctx))
-    await bus.job("RestartUnit", CONTAINERD, timeout)
-    done.append(f"restarted {CONTAINERD}")
-    if not await wait_until(lambda: runtime_ready(ctx), policy.verify_attempts, policy.verify_interval):
-        raise RuntimeError(f"{CONTAINERD} is not RuntimeReady after its restart; kubelet left alone")
-    await bus.job("RestartUnit", KUBELET, timeout)
-    done.append(f"restarted {KUBELET}")
+    await reset.restart_runtime_then_kubelet(ctx, done)
     return done
 
 
@@ -113,18 +95,14 @@ async def aggressive(ctx: RepairContext) -> list[str]:
     timeout = ctx.settings.policy.step_timeout
     await bus.job("StopUnit", KUBELET, timeout)
     done = [f"stopped {KUBELET}", *remove_join_files(ctx)]
-    step = MoveRootAside()
-    root = str(ctx.node_path(ctx.settings.paths.containerd_root))
-    # A repointed root is a mount point: renaming it fails, and its data is not ours to move.
-    mounted = any(m.mount_point == root for m in read_mountinfo())
-    if not mounted and await step.needed(ctx):
-        # stops kubelet and containerd, renames the root next to itself, starts both again
-        done.append(await step.apply(ctx))
-    else:
-        done.append(f"kept {ctx.settings.paths.containerd_root} (a mount point, a symlink or missing: not moved)")
+    if refusal := root_refusal(ctx):
+        done.append(f"kept {ctx.settings.paths.containerd_root} ({refusal}: not moved)")
         await bus.job("RestartUnit", CONTAINERD, timeout)
         await bus.job("StartUnit", KUBELET, timeout)
         done.append(f"restarted {CONTAINERD}, started {KUBELET}")
+    else:
+        # stops kubelet and containerd, renames the root next to itself, starts both again
+        done.append(await MoveRootAside().apply(ctx))
     if problem := await warm_imagefs(ctx):
         raise RuntimeError(f"after the cleanup: {problem}")
     done.append("image filesystem warm again")

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-
 from nodemedic.flows.systemd import FlowBus
 from nodemedic.flows.transaction import Transaction
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.imagefs import WarmUp, imagefs_problem
+from nodemedic.repairs.remedy_probes import wait_until
 
 CONTAINERD = "containerd.service"
 KUBELET = "kubelet.service"
-
-
-async def wait_until(probe: Callable[[], Awaitable[bool]], attempts: int, interval: float) -> bool:
-    for attempt in range(max(1, attempts)):
-        if await probe():
-            return True
-        if attempt + 1 < attempts:
-            await asyncio.sleep(interval)
-    return False
 
 
 async def stop(bus: FlowBus, tx: Transaction, unit: str, timeout: float) -> None:

@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodemedic.probes.fs import read_mountinfo
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedy_probes import runtime_ready
 from nodemedic.repairs.step import StepClass
-from nodemedic.sources.systemd_bus import BusError
+from nodemedic.repairs.units import require_job
 
 CONTAINERD = "containerd.service"
 KUBELET = "kubelet.service"
@@ -33,6 +34,29 @@ def running_shims(proc: Path = Path("/proc")) -> list[int]:
     return pids
 
 
+def root_refusal(ctx: RepairContext) -> str:
+    """Why containerd's root must not be moved aside now, or ""."""
+    root = ctx.root.path(ctx.settings.paths.containerd_root)
+    if root.is_symlink() or not root.is_dir():
+        return f"{root} is a symlink or not a directory"
+    # A repointed root is a mount point: renaming it fails, and its data is not ours to move.
+    if any(m.mount_point == str(root) for m in read_mountinfo()):
+        return f"{root} is a mount point"
+    # With running containers their shims hold mounts in the root: drain the node first.
+    if shims := running_shims():
+        return f"{len(shims)} container shim(s) running: drain the node first"
+    return ""
+
+
+def move_root_aside(ctx: RepairContext) -> Path:
+    """Rename the (stopped) root next to itself; same filesystem, nothing copied or deleted."""
+    root = ctx.root.path(ctx.settings.paths.containerd_root)
+    ctx.guard.check(root)
+    aside = root.with_name(f"{root.name}.nodemedic-{time.strftime('%Y%m%dT%H%M%S')}")
+    os.rename(root, aside)
+    return aside
+
+
 @dataclass(frozen=True)
 class MoveRootAside:
     name: str = "move-containerd-root-aside"
@@ -40,24 +64,19 @@ class MoveRootAside:
     idempotent: bool = False
 
     async def needed(self, ctx: RepairContext) -> bool:
-        root = ctx.root.path(ctx.settings.paths.containerd_root)
-        # With running containers their shims hold mounts in the root: drain the node first.
-        return root.is_dir() and not root.is_symlink() and not running_shims()
+        return not root_refusal(ctx)
 
     async def apply(self, ctx: RepairContext) -> str:
-        root = ctx.root.path(ctx.settings.paths.containerd_root)
-        ctx.guard.check(root)
-        aside = root.with_name(f"{root.name}.nodemedic-{time.strftime('%Y%m%dT%H%M%S')}")
-        timeout = ctx.settings.policy.step_timeout
-        try:
-            await ctx.bus.unit_job("StopUnit", KUBELET, timeout)
-            await ctx.bus.unit_job("StopUnit", CONTAINERD, timeout)
-            os.rename(root, aside)  # same filesystem: a rename, nothing is copied or deleted
-            await ctx.bus.unit_job("StartUnit", CONTAINERD, timeout)
-            await ctx.bus.unit_job("StartUnit", KUBELET, timeout)
-        except BusError as err:
-            raise RuntimeError(f"systemd refused: {err}") from err
-        return f"moved {root} aside to {aside}; containerd and kubelet started fresh"
+        await require_job(ctx, "StopUnit", KUBELET)
+        await require_job(ctx, "StopUnit", CONTAINERD)
+        aside = move_root_aside(ctx)
+        # containerd first: kubelet is only worth starting against a runtime that is up. A fresh
+        # root is a fresh start: the crash loop's restarts must not hit its start limit.
+        await ctx.bus.reset_failed(CONTAINERD)
+        await ctx.bus.unit_job("StartUnit", CONTAINERD, ctx.settings.policy.step_timeout)
+        await ctx.bus.unit_job("StartUnit", KUBELET, ctx.settings.policy.step_timeout)
+        return f"moved {ctx.root.path(ctx.settings.paths.containerd_root)} aside to {aside}; " \
+               "containerd and kubelet started fresh"
 
     async def verify(self, ctx: RepairContext) -> bool:
         return await runtime_ready(ctx)

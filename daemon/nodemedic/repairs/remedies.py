@@ -6,16 +6,18 @@ reasons come from shared/reference/failure-modes.md's "never" rules.
 
 from __future__ import annotations
 
-from nodemedic.repairs import cni, imagefs, ingest, sysctl
+from nodemedic.repairs import cni, imagefs, ingest, network, sysctl
 from nodemedic.repairs.cgroup import EnableSystemdCgroup, driver_mismatch, systemd_cgroup_in_effect
 from nodemedic.repairs.containerd_root import MoveRootAside
 from nodemedic.repairs.remedy_probes import (
     Probe,
     runtime_down_unless_stopped,
     runtime_ready,
+    runtime_relists,
     unit_crash_looping,
     unit_stays_running,
 )
+from nodemedic.repairs.reset import AggressiveReset, GentleReset
 from nodemedic.repairs.step import Remedy
 from nodemedic.repairs.units import RestartUnit
 
@@ -38,12 +40,16 @@ REMEDIES: dict[str, Remedy] = {
         RestartUnit(KUBELET, imagefs.imagefs_healthy, requires=runtime_ready),
     )),
     "ingest-stale": Remedy("ingest-stale", (ingest.RemoveStaleIngests(),)),
-    "runtime-down": Remedy("runtime-down", (RestartUnit(CONTAINERD, runtime_ready),)),
-    "containerd-crash-loop": Remedy("containerd-crash-loop", (RestartUnit(CONTAINERD, runtime_ready),)),
+    # A runtime that a restart does not bring back climbs to the node reset (seed 001).
+    "runtime-down": Remedy("runtime-down", (
+        RestartUnit(CONTAINERD, runtime_ready), GentleReset(runtime_ready), AggressiveReset(runtime_ready))),
+    "containerd-crash-loop": Remedy("containerd-crash-loop", (
+        RestartUnit(CONTAINERD, runtime_ready), GentleReset(runtime_ready), AggressiveReset(runtime_ready))),
     "kubelet-crash-loop": Remedy("kubelet-crash-loop", (
         RestartUnit(KUBELET, unit_stays_running(KUBELET), requires=runtime_ready),)),
     "pleg-unhealthy": Remedy("pleg-unhealthy", (
-        RestartUnit(CONTAINERD, runtime_ready),
+        # Healed only once a relist answers again; RuntimeReady alone can be true while it hangs.
+        RestartUnit(CONTAINERD, runtime_relists),
         RestartUnit(KUBELET, unit_stays_running(KUBELET), requires=runtime_ready),
     )),
     "inotify-limits": Remedy("inotify-limits", (
@@ -78,13 +84,21 @@ REMEDIES: dict[str, Remedy] = {
     "flannel-subnet-missing": report_only(
         "flannel-subnet-missing", "flannel writes /run/flannel/subnet.env once its pod runs on this node; fix the "
         "flannel pod (it needs node.spec.podCIDR)"),
-    "cni-bridge-conflict": report_only(
-        "cni-bridge-conflict", "cni0 carries an old subnet; drain the node, then delete cni0. Deleting it while "
-        "pods run breaks their network"),
+    # Never while pods run (failure-modes: it cuts their network): the delete step is needed only
+    # when CRI answers with no READY sandbox, so a node with pods ends exhausted, cni0 untouched.
+    "cni-bridge-conflict": Remedy("cni-bridge-conflict", (
+        network.DeleteStaleBridge(),
+        # Only once the bridge is right: a restart cannot change cni0's address, and with pods on
+        # it the ladder must end exhausted without touching anything.
+        RestartUnit(CONTAINERD, network.runtime_ready_without_conflict, requires=network.no_bridge_conflict),
+    )),
 }
 
 # A live probe that says the problem is really there now. A problem without one is confirmed
-# by its signature's threshold alone.
+# by its signature's threshold alone. pleg-unhealthy is one on purpose: kubelet's own relist,
+# every second for the signature's whole minute, is the live probe; a ListPodSandbox of ours
+# would answer while kubelet's per-pod status calls hang (a stuck mount), and then the ladder's
+# kubelet rung could never be reached.
 CONFIRMS: dict[str, Probe] = {
     "cni-config-missing": cni.network_not_ready,
     "imagefs-capacity-zero": imagefs.imagefs_broken,
@@ -94,4 +108,7 @@ CONFIRMS: dict[str, Probe] = {
     "kubelet-crash-loop": unit_crash_looping(KUBELET),
     "inotify-limits": sysctl.limits_too_low,
     "cgroup-driver-mismatch": driver_mismatch,
+    "cni-bridge-conflict": network.bridge_conflict,
+    # The panic in the log is evidence; a runtime that answers CRI (a fresh root) is not corrupt.
+    "containerd-metadata-corrupt": runtime_down_unless_stopped(CONTAINERD),
 }

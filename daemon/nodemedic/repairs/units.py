@@ -11,6 +11,19 @@ from nodemedic.sources.systemd_bus import BusError
 
 Probe = Callable[[RepairContext], Awaitable[bool]]
 
+_DONE = {"StartUnit": "started", "StopUnit": "stopped", "RestartUnit": "restarted"}
+
+
+async def require_job(ctx: RepairContext, verb: str, unit: str) -> str:
+    """Start/stop/restart a unit and wait: systemd refusing, or a job that is not "done", raises."""
+    try:
+        result = await ctx.bus.unit_job(verb, unit, ctx.settings.policy.step_timeout)
+    except BusError as err:
+        raise RuntimeError(f"systemd refused {verb} {unit}: {err}") from err
+    if result != "done":
+        raise RuntimeError(f"{verb} {unit}: job {result}")
+    return f"{_DONE[verb]} {unit}"
+
 
 @dataclass(frozen=True)
 class RestartUnit:

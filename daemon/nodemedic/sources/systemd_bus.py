@@ -96,6 +96,11 @@ class SystemdBus:
         finally:
             self._jobs.pop(job, None)
 
+    async def reset_failed(self, unit: str) -> None:
+        """ResetFailedUnit: forget the failed state and the start-limit count (`systemctl
+        reset-failed`), so a deliberate fresh start is not refused for earlier crashes."""
+        await self._call(MANAGER_PATH, MANAGER, "ResetFailedUnit", "s", [unit])
+
     async def _add_match(self, rule: str) -> None:
         await self._call("/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s", [rule],
                          destination="org.freedesktop.DBus")

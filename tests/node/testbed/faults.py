@@ -361,6 +361,49 @@ def kill_containerd(node: Node, signal: str = "SIGKILL") -> Fault:
     return Fault("kill-containerd", restore, {"main_pid_before": before.main_pid})
 
 
+META_DB = f"{CONTAINERD_ROOT}/io.containerd.metadata.v1.bolt/meta.db"
+# Pages 2-5 (bbolt's freelist and first data pages) overwritten in place with one fixed byte, as
+# after a torn write: always the same real panic in bbolt's freelist read, "invalid freelist page".
+_TEAR_META = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+os.pwrite(fd, b"\\x4e" * 4 * 4096, 2 * 4096)
+os.fsync(fd)
+os.close(fd)
+"""
+
+
+def moved_aside_roots(node: Node) -> list[str]:
+    """containerd roots nodemedic renamed aside (containerd.nodemedic-<time>)."""
+    return node.run(["find", "/var/lib", "-maxdepth", "1", "-name", "containerd.nodemedic-*"]).stdout.split()
+
+
+def corrupt_containerd_metadata(node: Node) -> Fault:
+    """Tear meta.db while containerd is stopped (a copy of the original kept), then start it:
+    containerd 1.6 panics inside bbolt at every start, restarted every 5 s by Debian's unit.
+    info["sha256"] is the corrupt file's. Restore puts the original root back, whatever root a
+    repair left (a root moved aside is moved back, the fresh one dropped)."""
+    backup = f"{BACKUP_DIR}/meta.db.orig"
+    node.systemctl("stop", "containerd")
+    node.run(["mkdir", "-p", BACKUP_DIR])
+    node.run(["cp", "-a", "--", META_DB, backup])
+    node.run([NODE_PYTHON, "-c", _TEAR_META, META_DB])
+    corrupt = node.run(["sha256sum", "--", META_DB]).stdout.split()[0]
+    node.systemctl("start", "--no-block", "containerd")
+
+    def restore() -> None:
+        node.systemctl("stop", "containerd")
+        for aside in moved_aside_roots(node):
+            node.run(["rm", "-rf", "--", CONTAINERD_ROOT])
+            node.run(["mv", "--", aside, CONTAINERD_ROOT])
+        node.run(["cp", "-a", "--", backup, META_DB])
+        node.systemctl("reset-failed", "containerd", check=False)
+        node.systemctl("start", "containerd")
+        wait_for(lambda: node.cri_status().runtime_ready, timeout=60, what="containerd on its original root")
+
+    return Fault("corrupt-containerd-metadata", restore, {"sha256": corrupt, "path": META_DB})
+
+
 # ---- journal --------------------------------------------------------------------------------------
 
 
