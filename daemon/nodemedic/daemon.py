@@ -155,6 +155,7 @@ class Daemon:
             self.journal.prefilter = self.detector.matcher
             log(Kind.CONFIG_RELOADED, f"configuration reloaded: {len(fresh.catalogue.signatures)} signatures, "
                 f"mode {fresh.settings.daemon.mode}", INFO)
+            self.engine.retry_after_reload()
         self._status = ""  # STATUS=reloading was sent in between: always send the status again
         notify("READY=1")
         self.update_status()

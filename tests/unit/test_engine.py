@@ -170,3 +170,48 @@ def test_corrupt_state_file_is_kept_aside_and_the_daemon_starts_clean(tmp_path):
     state = StateStore(path, Guard.from_paths([])).load()
     assert state.problems == {}
     assert (tmp_path / "state.corrupt").read_text() == "{not json"
+
+
+def test_a_reload_that_allows_destructive_steps_restarts_a_held_back_ladder(tmp_path):
+    gentle, reset = FakeStep("gentle", heals=False), FakeStep("reset", heals=True, klass=StepClass.DESTRUCTIVE)
+    engine, store = make_engine(tmp_path, [gentle, reset])
+
+    async def scenario() -> None:
+        await episode(engine)
+        assert engine.ctx.state.problems["demo"].phase == Phase.EXHAUSTED
+        engine.retry_after_reload()  # the same policy: nothing is re-tried
+        await engine.idle()
+        assert (gentle.applied, reset.applied) == (1, 0)
+        engine.ctx.settings = dataclasses.replace(
+            engine.ctx.settings, policy=dataclasses.replace(engine.ctx.settings.policy, allow_destructive=True))
+        engine.retry_after_reload()
+        await engine.idle()
+
+    asyncio.run(scenario())
+    assert store.load().problems["demo"].phase == Phase.HEALED
+    assert (gentle.applied, reset.applied) == (2, 1)
+
+
+def test_forget_and_repair_are_not_blocked_by_an_exhausted_problems_recheck(tmp_path):
+    step = FakeStep("one", heals=False)
+    probing = asyncio.Event()
+
+    async def still_broken(ctx) -> bool:
+        probing.set()
+        await asyncio.sleep(3600)  # a re-check that would take its time
+        return True
+
+    async def scenario() -> None:
+        engine, store = make_engine(tmp_path, [step])
+        await episode(engine)
+        assert engine.ctx.state.problems["demo"].phase == Phase.EXHAUSTED
+        engine.confirms = {"demo": still_broken}
+        engine.suspect(Suspicion("demo", "demo-signature", "cursor-2"))  # news: "has it cleared?"
+        await probing.wait()
+        assert not engine.running("demo"), "a re-check is not a repair: forget/repair must not be refused"
+        engine.confirms = {}
+        engine.repair_now("demo")
+        await asyncio.wait_for(engine.idle(), 5)
+        assert step.applied == 2  # the operator's repair ran the ladder again
+
+    asyncio.run(scenario())

@@ -58,11 +58,24 @@ class Engine:
             self.suspect(suspicion)
 
     def running(self, problem: str) -> bool:
+        """A step of the problem is being applied or verified. Before that (confirming, waiting
+        for the one repair slot) and in an exhausted problem's "has it cleared?" look, its task
+        only probes: an operator's forget or repair cancels it instead of being refused as busy."""
         task = self._tasks.get(problem)
-        return task is not None and not task.done()
+        record = self.ctx.state.problems.get(problem)
+        return (task is not None and not task.done() and record is not None
+                and record.phase in (Phase.REPAIRING, Phase.VERIFYING))
+
+    def _cancel_probing(self, problem: str) -> None:
+        task = self._tasks.get(problem)
+        if task is not None and not task.done() and not self.running(problem):
+            self._again.pop(problem, None)
+            del self._tasks[problem]
+            task.cancel()
 
     def repair_now(self, problem: str) -> None:
         """The operator's on-demand repair: no cooldown, and an exhausted problem starts over."""
+        self._cancel_probing(problem)
         record = self.ctx.state.record(problem)
         record.not_before = 0.0
         if record.phase in (Phase.EXHAUSTED, Phase.HEALED):
@@ -77,7 +90,24 @@ class Engine:
             if record.phase == Phase.CONFIRMED:
                 self.suspect(Suspicion(record.problem, "resume", detail="re-checked after resume"))
 
+    def retry_after_reload(self) -> None:
+        """A reload may have lifted what stopped a ladder (allow_destructive, a larger budget):
+        those problems start a new episode. Nothing else is re-tried: a reload that changed
+        nothing must not restart a unit."""
+        settings = self.ctx.settings
+        for record in list(self.ctx.state.problems.values()):
+            if record.phase != Phase.EXHAUSTED:
+                continue
+            lifted = ("destructive steps are off" in record.detail and settings.policy.allow_destructive) or (
+                "attempt budget of" in record.detail and record.attempts < settings.attempt_budget(record.problem))
+            if lifted:
+                self._cancel_probing(record.problem)
+                record.move(Phase.IDLE, "the policy that stopped the ladder changed at reload")
+                self._save()
+                self.suspect(Suspicion(record.problem, "reload", detail="re-checked after a reload lifted its hold"))
+
     def forget(self, problem: str) -> None:
+        self._cancel_probing(problem)
         self.ctx.state.problems.pop(problem, None)
         self._save()
         self.on_transition(problem, Phase.IDLE)
@@ -138,7 +168,13 @@ class Engine:
                 asyncio.get_running_loop().call_later(wait, self.suspect, suspicion)
             return
         assert remedy is not None
+        waited = self._repair_lock.locked()
         async with self._repair_lock:
+            # Another problem's repair ran meanwhile (one at a time) and may have fixed this one
+            # too: a crash loop healed by moving a corrupt root aside needs no second move.
+            if waited and await self._healthy_now(suspicion.problem):
+                self._transition(record, Phase.IDLE, Kind.NOT_CONFIRMED, "cleared while another repair ran")
+                return
             record.episodes += 1
             record.attempts = 0
             await self._climb(record, remedy, 0)
@@ -159,6 +195,7 @@ class Engine:
 
     async def _climb(self, record: ProblemRecord, remedy: Remedy, start: int) -> None:
         budget = self.ctx.settings.attempt_budget(record.problem)
+        applied = start > 0
         for index in range(start, len(remedy.steps)):
             step = remedy.steps[index]
             refusal = self.gate.refuse_step(step)
@@ -176,6 +213,7 @@ class Engine:
                 continue
             record.step, record.step_name = index, step.name
             record.attempts += 1
+            applied = True
             self.current = (record.problem, index + 1, len(remedy.steps), step.name)
             self._transition(record, Phase.REPAIRING, None, f"step {index + 1}/{len(remedy.steps)}: {step.name}")
             log(Kind.STEP_STARTED, f"{record.problem}: step {index + 1}/{len(remedy.steps)} {step.name} "
@@ -192,7 +230,9 @@ class Engine:
                 self._heal(record)
                 return
             self._finish_step(record, step, "failed", detail=done, error="verification failed")
-        self._exhaust(record, "every step of the ladder was tried")
+        # "No step applies" is the never rules speaking (pods on the bridge, shims in the root).
+        self._exhaust(record, "every step of the ladder was tried" if applied
+                      else "no step of the ladder applies now (each one's precondition is unmet)")
 
     # -- helpers ------------------------------------------------------------------------
 
