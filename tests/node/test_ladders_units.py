@@ -1,6 +1,8 @@
 """Unit ladders: a failed containerd is restarted over D-Bus (never killed), an operator's clean
 stop is left alone, and a crash loop that a restart cannot fix is tried once, reported
-`exhausted`, not retried while it lasts, and cleared once the unit runs again.
+`exhausted`, not retried while it lasts, and cleared once the unit runs again. A runtime that hangs
+(kubelet's PLEG reports it for the signature's whole window: kubelet's relist is the live probe)
+is restarted once, and healed only when nodemedic's own relist answers again.
 
 Every verdict comes from systemd (ActiveState/SubState/NRestarts) and CRI Status in the node.
 """
@@ -23,7 +25,7 @@ from tests.node.medic import (
     wait_healed,
 )
 from tests.node.testbed import faults
-from tests.node.testbed.node import Node
+from tests.node.testbed.node import NODE_PYTHON, Node
 
 pytestmark = pytest.mark.node
 
@@ -107,4 +109,92 @@ def test_a_crash_loop_that_cannot_be_healed_is_exhausted_then_clears(medic: Node
     medic.wait_for(lambda: phase(medic, "kubelet-crash-loop") == "idle", timeout=60, what="problem cleared")
     assert running(medic, KUBELET)
     assert steps_started(medic, "kubelet-crash-loop", cursor) == ["restart-kubelet"]
+    assert media_checksums(medic) == before
+
+
+_RELIST = """
+import asyncio, json, sys
+from nodemedic.probes.cri import CriClient
+async def main():
+    async with CriClient() as cri:
+        json.dump(len(await cri.list_pod_sandboxes(timeout=float(sys.argv[1]))), sys.stdout)
+asyncio.run(main())
+"""
+
+
+def relist_answers(node: Node, timeout: float = 3.0) -> bool:
+    """CRI ListPodSandbox (PLEG's relist) answers from inside the node within `timeout`."""
+    return node.run([NODE_PYTHON, "-c", _RELIST, str(timeout)], check=False, timeout=timeout + 30).returncode == 0
+
+
+def process_state(node: Node, pid: int) -> str:
+    """The kernel's one-letter state of `pid` in the node (T = stopped by a signal)."""
+    for line in node.read_file(f"/proc/{pid}/status").decode().splitlines():
+        if line.startswith("State:"):
+            return line.split()[1]
+    raise AssertionError(f"no State in /proc/{pid}/status")
+
+
+def hang_containerd(node: Node) -> faults.Fault:
+    """A hung runtime: containerd's main process stopped with SIGSTOP. Its socket stays and the
+    kernel still queues connections, but nothing answers, as with a runtime blocked on IO.
+    (`systemctl freeze` would be the cleaner tool, but the node's systemd runs with hybrid cgroups
+    in nspawn and refuses: "does not support freezing"; the cgroup v2 freezer is needed.)"""
+    pid = node.unit_state(CONTAINERD).main_pid
+    node.systemctl("kill", "--signal=SIGSTOP", "--kill-who=main", CONTAINERD)
+    node.wait_for(lambda: process_state(node, pid) == "T", what="containerd stopped")
+
+    def restore() -> None:
+        # Harmless when nodemedic already restarted it: the new process gets a SIGCONT it ignores.
+        node.systemctl("kill", "--signal=SIGCONT", "--kill-who=main", CONTAINERD, check=False)
+        node.wait_for(lambda: node.cri_status().runtime_ready, what="containerd answering again")
+
+    return faults.Fault("hang-containerd", restore, {"pid": pid})
+
+
+def test_a_hung_runtime_behind_pleg_is_restarted_once(medic: Node, inject):
+    before = media_checksums(medic)
+    # PLEG unhealthy after 5 s without a relist (kubelet: 3 min), each CRI call given up after 1 s;
+    # -v=4 and image GC every 2 s so a successful GC proves the stand-in's CRI calls work.
+    since = medic.cursor()
+    medic.configure_kubelet(pleg_threshold=5, cri_timeout=1, image_gc_period=2, v=4)
+    medic.wait_for_journal('"Image garbage collection succeeded"', unit=KUBELET, since=since, timeout=20)
+    # Its lines come at least every 5 s (the sync loop's longest backoff) plus up to 3 s of CRI calls
+    # timing out in the same loop; 10 s of them is the shortened "persists".
+    signature_override(medic, "kubelet-pleg-not-healthy", 'persists = "1m"', 'persists = "10s"')
+    reload_medic(medic)
+    fault: faults.Fault | None = None
+    try:
+        cursor = medic.cursor()
+        fault = inject(hang_containerd)
+        assert not relist_answers(medic)
+        medic.wait_for_journal("PLEG is not healthy: pleg was last seen active", unit=KUBELET, since=cursor)
+
+        wait_healed(medic, "pleg-unhealthy", since=cursor, timeout=90)
+        suspected = nodemedic_entries(medic, Kind.SUSPECTED, cursor, problem="pleg-unhealthy")
+        assert suspected[0]["NODEMEDIC_SIGNATURE"] == "kubelet-pleg-not-healthy"
+        confirmed = nodemedic_entries(medic, Kind.CONFIRMED, cursor, problem="pleg-unhealthy")
+        assert "confirmed by its signature's threshold" in confirmed[0]["MESSAGE"]
+        assert steps_started(medic, "pleg-unhealthy", cursor) == ["restart-containerd"]
+        # A restart over D-Bus replaced the stopped process (systemd follows its SIGTERM with a
+        # SIGCONT, so no thaw step is needed), and the new one answers the relist PLEG makes.
+        assert medic.unit_state(CONTAINERD).main_pid != fault.info["pid"]
+        assert running(medic, CONTAINERD)
+        assert relist_answers(medic)
+        # The stand-in's CRI calls succeed again: its "container runtime is down" (due 30 s into
+        # the hang) stays away, and a late one would meet a healthy CRI Status and not be confirmed.
+        medic.wait_for_journal('"Image garbage collection succeeded"', unit=KUBELET, since=medic.cursor(),
+                               timeout=20)
+        # One repair for one fault: no other problem (runtime-down, containerd-crash-loop) restarted anything.
+        started = nodemedic_entries(medic, Kind.STEP_STARTED, cursor)
+        assert [(e["NODEMEDIC_PROBLEM"], e["NODEMEDIC_STEP"]) for e in started] == [
+            ("pleg-unhealthy", "restart-containerd")]
+        assert phase(medic, "pleg-unhealthy") == "healed"
+    finally:
+        if fault is not None:
+            fault.restore()  # before the stand-in restarts, so it starts against a live runtime
+        medic.run(["rm", "-f", "/etc/nodemedic/signatures.d/kubelet-pleg-not-healthy.toml"])
+        reload_medic(medic)
+        medic.configure_kubelet()
+        cli(medic, "forget", "pleg-unhealthy")
     assert media_checksums(medic) == before
