@@ -324,3 +324,9 @@ def test_chain_removal_keeps_the_chains_of_running_owners():
             "CNI-HOSTPORT-DNAT"] in nat
     assert not any("KUBE-POSTROUTING" in argv for argv in nat)
     assert network.chain_removal(tables, []) == []
+
+
+def test_a_gateway_that_is_not_an_address_is_skipped_not_raised():
+    conf = {"name": "n", "plugins": [{"type": "bridge", "isGateway": True, "ipam": {
+        "type": "host-local", "ranges": [[{"subnet": "10.244.7.0/24", "gateway": "not-an-ip"}]]}}]}
+    assert network.expectation_from_config(conf, None) is None

@@ -24,7 +24,6 @@ from nodemedic.flows.systemd import FlowBus
 from nodemedic.repairs import cni, reset
 from nodemedic.repairs.containerd_root import MoveRootAside, root_refusal, running_shims
 from nodemedic.repairs.context import RepairContext
-from nodemedic.repairs.safety import remove_file, remove_tree
 
 
 class Level(StrEnum):
@@ -77,13 +76,7 @@ async def gentle(ctx: RepairContext) -> list[str]:
 
 def remove_join_files(ctx: RepairContext) -> list[str]:
     """Remove what a failed `kubeadm join` wrote, nothing else (kubelet must be stopped)."""
-    done = []
-    for path in JOIN_FILES:
-        if remove_file(ctx.guard, ctx.node_path(path)):
-            done.append(f"removed {path}")
-    for path in JOIN_TREES:
-        if remove_tree(ctx.guard, ctx.node_path(path)):
-            done.append(f"removed {path}/")
+    done = reset.remove_node_state(ctx, files=JOIN_FILES, trees=JOIN_TREES)
     if removed := cni.remove_placeholder_if_superseded(ctx):
         done.append(f"removed the superseded placeholder {removed}")
     return done

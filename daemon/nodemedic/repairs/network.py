@@ -111,7 +111,10 @@ def _ipam_gateways(ipam: Mapping[str, Any]) -> tuple[IPv4Interface, ...]:
         if not isinstance(network, IPv4Network):
             continue
         gateway = r.get("gateway")
-        gw = IPv4Interface(f"{gateway}/{network.prefixlen}") if gateway else first_host(network)
+        try:
+            gw = IPv4Interface(f"{gateway}/{network.prefixlen}") if gateway else first_host(network)
+        except ValueError:  # an operator's typo must not crash the probe; containerd rejects it too
+            continue
         if gw not in out:
             out.append(gw)
     return tuple(out)

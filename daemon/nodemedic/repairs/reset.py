@@ -53,6 +53,12 @@ def aggressive_refusal(ctx: RepairContext) -> str:
     return root_refusal(ctx)
 
 
+def remove_node_state(ctx: RepairContext, files: tuple[str, ...] = (), trees: tuple[str, ...] = ()) -> list[str]:
+    """Remove these node paths through the safety module; says what was there to remove."""
+    done = [f"removed {path}" for path in files if remove_file(ctx.guard, ctx.node_path(path))]
+    return done + [f"removed {path}/" for path in trees if remove_tree(ctx.guard, ctx.node_path(path))]
+
+
 def tidy_placeholder(ctx: RepairContext, done: list[str]) -> None:
     """nodemedic's own placeholder goes once a real config exists (it would hide a real NotReady)."""
     if removed := cni.remove_placeholder_if_superseded(ctx):
@@ -105,12 +111,7 @@ class AggressiveReset:
         done += await run_in_step_unit(ctx, "remove-cni-leftovers")
         root = ctx.settings.paths.containerd_root
         done.append(f"moved {root} aside to {move_root_aside(ctx)}")
-        for path in CNI_STATE:
-            if remove_tree(ctx.guard, ctx.node_path(path)):
-                done.append(f"removed {path}/")
-        for path in KUBELET_CHECKPOINTS:
-            if remove_file(ctx.guard, ctx.node_path(path)):
-                done.append(f"removed {path}")
+        done += remove_node_state(ctx, files=KUBELET_CHECKPOINTS, trees=CNI_STATE)
         tidy_placeholder(ctx, done)
         # A fresh root is a fresh start: the crash loop's restarts must not hit its start limit.
         await ctx.bus.reset_failed(CONTAINERD)
