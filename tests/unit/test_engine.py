@@ -215,3 +215,14 @@ def test_forget_and_repair_are_not_blocked_by_an_exhausted_problems_recheck(tmp_
         assert step.applied == 2  # the operator's repair ran the ladder again
 
     asyncio.run(scenario())
+
+
+def test_a_probe_that_raises_confirms_nothing_and_the_engine_lives_on(tmp_path):
+    step = FakeStep("one", heals=True)
+
+    async def cannot_look(ctx) -> bool:
+        raise OSError("netlink went away")
+
+    engine, store = make_engine(tmp_path, [step], confirm=cannot_look)
+    asyncio.run(episode(engine))
+    assert store.load().problems["demo"].phase == Phase.IDLE and step.applied == 0

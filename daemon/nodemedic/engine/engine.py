@@ -264,9 +264,17 @@ class Engine:
         probe = self.confirms.get(problem)
         if probe is None:
             return True
+        async def broken() -> bool:
+            try:
+                return await probe(self.ctx)
+            except Exception as err:  # a probe that cannot look confirms nothing, and kills nothing
+                log(Kind.SOURCE_TROUBLE, f"{problem}: live probe failed: {type(err).__name__}: {err}", WARNING,
+                    problem=problem)
+                return False
+
         # The component may not have noticed yet (containerd reloads CNI config on its own
         # fsnotify event), so give the probe a few chances to see the problem.
-        return await self._retry_until(lambda: probe(self.ctx))
+        return await self._retry_until(broken)
 
     async def _verify(self, step: Step) -> bool:
         # A step may bring its own schedule (the image-fs warm-up: 5 attempts, 3 s apart).
