@@ -185,7 +185,7 @@ def test_sandbox_exposure_is_low_and_units_verify(pkg_node: Node) -> None:
 
 
 def test_daemon_works_inside_its_sandbox(pkg_node: Node) -> None:
-    """The hardened daemon (no capability, read-only system, private network and user namespace)
+    """The hardened daemon (no capability, read-only system, no IP traffic, private user namespace)
     still sees a fault (inotify), confirms it (CRI over containerd's socket, grpcio under
     MemoryDenyWriteExecute), restarts containerd over D-Bus and writes into /etc/cni/net.d."""
     node = pkg_node
