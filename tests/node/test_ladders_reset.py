@@ -64,7 +64,7 @@ def corrupt_meta(medic: Node, inject) -> Iterator[str]:
     """A torn meta.db, containerd panicking at every start (faults.corrupt_containerd_metadata);
     yields the corrupt file's sha256. Afterwards the original root is back and nodemedic forgets
     the problems (at the start it must have no record of them)."""
-    assert phase(medic, PROBLEM) == "", "nodemedic still has a record of the problem from an earlier test"
+    assert phase(medic, PROBLEM) in ("", "idle"), "nodemedic still has a record of the problem from an earlier test"
     fault = inject(faults.corrupt_containerd_metadata)
     yield fault.info["sha256"]
     fault.restore()
