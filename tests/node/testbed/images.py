@@ -64,9 +64,22 @@ def _tar(members: dict[str, tuple[bytes, int]]) -> bytes:
     return out.getvalue()
 
 
-def oci_archive(name: str, files: dict[str, tuple[bytes, int]], entrypoint: list[str]) -> bytes:
-    """An OCI image layout tarball with one uncompressed layer, as `ctr images import` takes it;
-    the annotation io.containerd.image.name gives the image its full name."""
+@dataclass(frozen=True)
+class OciImage:
+    """The blobs of a one-layer image; the manifest names the config and the layer by digest."""
+
+    layer: Blob
+    config: Blob
+    manifest: Blob
+
+    @property
+    def blobs(self) -> tuple[Blob, Blob, Blob]:
+        return (self.layer, self.config, self.manifest)
+
+
+def oci_image(files: dict[str, tuple[bytes, int]], entrypoint: list[str]) -> OciImage:
+    """A linux/amd64 image with one uncompressed layer holding `files` (name -> (content, mode)).
+    Shared by `ctr images import` archives and the registry stand-in (testbed/registry.py)."""
     layer = Blob(OCI_LAYER, _tar(files))
     config = Blob(OCI_CONFIG, json.dumps({
         "architecture": "amd64", "os": "linux",
@@ -77,13 +90,21 @@ def oci_archive(name: str, files: dict[str, tuple[bytes, int]], entrypoint: list
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "config": config.descriptor(), "layers": [layer.descriptor()],
     }, sort_keys=True).encode())
+    return OciImage(layer, config, manifest)
+
+
+def oci_archive(name: str, files: dict[str, tuple[bytes, int]], entrypoint: list[str]) -> bytes:
+    """An OCI image layout tarball with one uncompressed layer, as `ctr images import` takes it;
+    the annotation io.containerd.image.name gives the image its full name."""
+    image = oci_image(files, entrypoint)
+    manifest = image.manifest
     index = {"schemaVersion": 2, "manifests": [manifest.descriptor(
         platform={"architecture": "amd64", "os": "linux"},
         annotations={"io.containerd.image.name": name, "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1]},
     )]}
     members = {"oci-layout": (json.dumps({"imageLayoutVersion": "1.0.0"}).encode(), 0o644),
                "index.json": (json.dumps(index, sort_keys=True).encode(), 0o644)}
-    for blob in (layer, config, manifest):
+    for blob in image.blobs:
         members[f"blobs/sha256/{blob.digest.removeprefix('sha256:')}"] = (blob.data, 0o644)
     return _tar(members)
 
