@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nodemedic.probes.fs import read_mountinfo
+from nodemedic.probes.procs import pids_by_comm
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedy_probes import runtime_ready
 from nodemedic.repairs.step import StepClass
@@ -23,15 +24,7 @@ KUBELET = "kubelet.service"
 
 
 def running_shims(proc: Path = Path("/proc")) -> list[int]:
-    pids = []
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip().startswith("containerd-shim"):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
+    return pids_by_comm(lambda comm: comm.startswith("containerd-shim"), proc)
 
 
 def root_refusal(ctx: RepairContext) -> str:

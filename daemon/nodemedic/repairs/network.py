@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from nodemedic.probes.cri import CriError, PodSandbox
+from nodemedic.probes.procs import pids_by_comm
 from nodemedic.repairs import commands
 from nodemedic.repairs.containerd_root import running_shims
 from nodemedic.repairs.context import RepairContext
@@ -404,23 +405,6 @@ def chain_removal(tables: Mapping[str, Table], prefixes: Iterable[str],
 # ---- the reusable leftovers sweep (the node-reset ladder) -------------------------------------------
 
 
-def processes_with_comm(proc: Path, names: Iterable[str]) -> list[int]:
-    wanted = set(names)
-    pids = []
-    try:
-        entries = list(proc.iterdir())
-    except OSError:
-        return []
-    for entry in entries:
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() in wanted:
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
 async def _runtime_stopped(ctx: RepairContext) -> bool:
     """containerd's unit is down (the aggressive reset stopped it): no sandbox can be set up, and
     with no shim running (checked next) no pod runs either, though CRI cannot say so."""
@@ -442,9 +426,9 @@ async def _running_owners(ctx: RepairContext) -> dict[str, str]:
         running["cni"] = f"{len(ready)} pod sandbox(es) ready"
     elif shims := running_shims(proc):
         running["cni"] = f"{len(shims)} containerd-shim process(es) running"
-    if pids := processes_with_comm(proc, ("flanneld",)):
+    if pids := pids_by_comm("flanneld".__eq__, proc):
         running["flannel"] = f"flanneld running (pid {pids[0]})"
-    if pids := processes_with_comm(proc, ("kube-proxy",)):
+    if pids := pids_by_comm("kube-proxy".__eq__, proc):
         running["kube-proxy"] = f"kube-proxy running (pid {pids[0]})"
     else:
         try:
