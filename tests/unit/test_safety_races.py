@@ -1,0 +1,228 @@
+"""The removal walk against mounts and renames made *while* it walks (issue 18, item 1).
+
+The walk runs in a child in a private mount namespace (walk_race_child.py, started under
+`unshare --mount --propagation private`): its bind mounts never reach the host, and this process
+judges the real files from the host's namespace, where none of them exist. A racer in the child
+fires on the walk's n-th removal call: inside that call, deterministically (as the reported
+attack did on nodemedic's first unlink), and/or from a thread racing the walk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+CHILD = Path(__file__).with_name("walk_race_child.py")
+DAEMON = Path(__file__).resolve().parents[2] / "daemon"
+INGEST = ("var", "lib", "containerd", "io.containerd.content.v1.content", "ingest")
+DAY = 24 * 3600
+
+
+class MountNamespace:
+    """One child in its own private mount namespace, serving plans one JSON line at a time."""
+
+    def __init__(self) -> None:
+        if os.geteuid() != 0:
+            pytest.fail("the race tests make bind mounts in a private mount namespace: they need root "
+                        "(CI runs as root)")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(DAEMON), os.environ.get("PYTHONPATH")])))
+        self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", sys.executable, str(CHILD)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def run(self, plan: dict) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(plan) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, f"the walk's child died (exit {self.proc.wait()})"
+        return json.loads(line)
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        assert self.proc.wait(timeout=60) == 0
+
+
+@pytest.fixture(scope="module")
+def mountns() -> Iterator[MountNamespace]:
+    child = MountNamespace()
+    yield child
+    child.close()
+
+
+def files_under(path: Path) -> dict[str, bytes]:
+    """Every regular file under `path` (links not followed), by relative path, with its bytes."""
+    found = {}
+    for dirpath, _dirs, names in os.walk(path):
+        for name in names:
+            full = Path(dirpath, name)
+            if full.is_file() and not full.is_symlink():
+                found[str(full.relative_to(path))] = full.read_bytes()
+    return found
+
+
+def make_protected(base: Path) -> Path:
+    protected = base / "srv" / "media"
+    (protected / "album").mkdir(parents=True)
+    (protected / "movie.bin").write_bytes(hashlib.sha256(b"movie").digest() * 8192)  # 256 KiB
+    (protected / "album" / "song.flac").write_bytes(b"\x00music" * 100)
+    (protected / "notes.txt").write_text("keep me")
+    return protected
+
+
+def old_ingest_entry(ingest: Path, name: str, fanout: int) -> Path:
+    """An ingest entry as containerd leaves one (ref, data, …), with a large subdirectory tree
+    under it, every file a day old: stale by any stale_age."""
+    entry = ingest / name
+    entry.mkdir(parents=True)
+    for meta in ("ref", "data", "startedat", "updatedat", "total"):
+        (entry / meta).write_text(meta)
+    for i in range(fanout):
+        for j in range(3):
+            for k in range(3):
+                leaf = entry / f"sub{i}" / f"d{j}" / f"e{k}"
+                leaf.mkdir(parents=True)
+                for level in (leaf.parent.parent, leaf.parent, leaf):
+                    (level / f"f{k}").write_bytes(b"layer" * 64)
+    old = time.time() - DAY
+    for dirpath, dirs, names in os.walk(entry):
+        for name in dirs + names:
+            os.utime(Path(dirpath, name), (old, old))
+    os.utime(entry, (old, old))
+    return entry
+
+
+# ---- the reported attack ------------------------------------------------------------------------
+
+def test_a_bind_mount_made_during_the_walk_never_empties_the_protected_dir(tmp_path, mountns):
+    """An old-looking ingest entry with a large subdirectory tree; on nodemedic's first unlink the
+    protected dir is bind-mounted onto one of the entry's subdirectories not yet walked."""
+    base = Path(os.path.realpath(tmp_path))
+    protected = make_protected(base)
+    before = files_under(protected)
+    entry = old_ingest_entry(base.joinpath(*INGEST), "0" * 64, fanout=4)
+    result = mountns.run({"scenario": "walk", "top": str(entry), "guard": [str(protected)], "trigger": 1,
+                          "sync": [["mount-unvisited", str(protected), [str(entry / f"sub{i}") for i in range(4)]]]})
+    assert [a[0] for a in result["done"]] == ["mount"], result  # the attack really happened
+    assert files_under(protected) == before, f"a protected file was removed: {result}"
+    assert result["outcome"] == "refused" and "mount point" in result["error"], result
+
+
+# ---- the property: random trees, racing mounts and renames ---------------------------------------
+
+NAMES = st.text(alphabet="abcxyz", min_size=1, max_size=3)
+TREES = st.tuples(
+    st.lists(st.lists(NAMES, min_size=1, max_size=3), min_size=1, max_size=8),  # directories
+    st.lists(st.tuples(st.integers(0, 63), st.integers(1, 6)), max_size=8),  # files: (directory index, how many)
+)
+ACTIONS = st.lists(st.tuples(st.sampled_from(["mount", "mount-album", "mount-file", "move-out", "move-here",
+                                              "swap-link"]),
+                             st.integers(0, 63), st.booleans()),  # (what, on which entry, in the racing thread?)
+                   min_size=1, max_size=4)
+
+
+def build(top: Path, tree) -> tuple[list[Path], list[Path]]:
+    """The tree's directories (top first) and its files."""
+    dirs_spec, files_spec = tree
+    top.mkdir(parents=True)
+    dirs = [top]
+    for parts in dirs_spec:
+        rel = Path(*parts)
+        try:
+            (top / rel).mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            continue
+        dirs += [top / p for p in [*reversed(rel.parents), rel] if str(p) != "." and top / p not in dirs]
+    files = []
+    for index, count in files_spec:
+        for n in range(count):
+            path = dirs[index % len(dirs)] / f"f{n}"  # never a directory's name (those are abcxyz)
+            if not path.exists():
+                path.write_bytes(str(path).encode())
+                files.append(path)
+    return dirs, files
+
+
+def plan_actions(actions, dirs: list[Path], files: list[Path], protected: Path, outside: Path):
+    sync, racer = [], []
+    for n, (what, pick, threaded) in enumerate(actions):
+        target = dirs[pick % len(dirs)]
+        if what == "mount":
+            action = ["mount", str(protected), str(target)]
+        elif what == "mount-album":
+            action = ["mount", str(protected / "album"), str(target)]
+        elif what == "mount-file":
+            if not files:
+                continue
+            action = ["mount", str(protected / "notes.txt"), str(files[pick % len(files)])]
+        elif what == "move-here":
+            action = ["move-here", str(protected / f"moved-{n}")]
+        elif target == dirs[0]:
+            continue  # the walk's root is for the mounts; renaming it is renaming the target itself
+        elif what == "move-out":
+            action = ["move", str(target), str(protected / f"moved-{n}")]
+        else:
+            action = ["swap-link", str(target), str(outside / f"away-{n}"), str(protected)]
+        (racer if threaded else sync).append(action)
+    return sync, racer
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(tree=TREES, actions=ACTIONS, trigger=st.integers(0, 12), pause=st.sampled_from([0, 0.0002, 0.002]))
+def test_racing_mounts_and_renames_never_cost_a_protected_or_outside_file(tmp_path_factory, mountns,
+                                                                        tree, actions, trigger, pause):
+    base = Path(os.path.realpath(tmp_path_factory.mktemp("race")))
+    protected = make_protected(base)
+    outside = base / "var" / "lib" / "other"
+    outside.mkdir(parents=True)
+    (outside / "keep.txt").write_text("not the target")
+    top = base / "var" / "lib" / "state"
+    dirs, files = build(top, tree)
+    sync, racer = plan_actions(actions, dirs, files, protected, outside)
+    protected_before, outside_before = files_under(protected), files_under(outside)
+    target_before = {str(p): p.read_bytes() for p in files}
+
+    trigger %= len(dirs) + len(files) + 1  # one removal call per entry: the racer always fires
+    result = mountns.run({"scenario": "walk", "top": str(top), "guard": [str(protected)], "trigger": trigger,
+                          "sync": sync, "racer": racer, "pause": pause})
+
+    # What the race did, for --hypothesis-show-statistics: the racer must often land.
+    event(f"outcome: {result['outcome']}")
+    for action in result["done"]:
+        event(f"took effect: {action[0]}{' (thread)' if action in racer else ''}")
+    # Completes, or refuses with UnsafeOperation; never anything else.
+    assert result["outcome"] in ("completed", "refused"), result.get("traceback", result)
+    # Nothing that was protected or outside the target when the walk began is removed.
+    protected_after, outside_after = files_under(protected), files_under(outside)
+    assert {k: protected_after.get(k) for k in protected_before} == protected_before, result
+    assert {k: outside_after.get(k) for k in outside_before} == outside_before, result
+    if result["outcome"] == "completed":
+        assert not top.exists() and not top.is_symlink(), result
+        assert all(p == str(top) or p.startswith(str(top) + "/") for p in result["returned"]), result
+    # A subtree renamed out of the target inside the hook (no racing thread to blur the order)
+    # loses at most the one entry whose removal was under way: the walk re-checks where each
+    # directory hangs before every removal.
+    if not racer:
+        lost = []
+        for path in target_before:
+            if path in result["before"]:
+                continue  # removed before anything moved: the walk's to remove
+            now = path
+            for action in result["done"]:
+                if action[0] in ("move", "swap-link") and now.startswith(action[1] + "/"):
+                    now = action[2] + now[len(action[1]):]
+            if now != path and not os.path.exists(now):
+                lost.append(path)
+        event(f"entries lost to a rename in the hook: {len(lost)}")
+        assert len(lost) <= 1, (lost, result)
