@@ -1,4 +1,4 @@
-"""The removal walk against mounts and renames made *while* it walks (issue 18, item 1).
+"""The removal walk against mounts and renames made *while* it walks (issue 18, items 1 and 12).
 
 The walk runs in a child in a private mount namespace (walk_race_child.py, started under
 `unshare --mount --propagation private`): its bind mounts never reach the host, and this process
@@ -116,6 +116,51 @@ def test_a_bind_mount_made_during_the_walk_never_empties_the_protected_dir(tmp_p
     assert [a[0] for a in result["done"]] == ["mount"], result  # the attack really happened
     assert files_under(protected) == before, f"a protected file was removed: {result}"
     assert result["outcome"] == "refused" and "mount point" in result["error"], result
+
+
+def test_the_ingest_step_refuses_an_entry_mounted_into_during_its_removal_and_cleans_the_rest(tmp_path, mountns):
+    """The same attack through nodemedic's own step: the attacked entry is refused and reported,
+    the other stale entry is removed, the protected dir is byte-identical."""
+    base = Path(os.path.realpath(tmp_path))
+    protected = make_protected(base)
+    before = files_under(protected)
+    ingest = base.joinpath(*INGEST)
+    attacked = old_ingest_entry(ingest, "a" * 64, fanout=3)
+    other = old_ingest_entry(ingest, "b" * 64, fanout=1)
+    result = mountns.run({"scenario": "ingest", "root": str(base), "guard": [str(protected)], "trigger": 1,
+                          "sync": [["mount-unvisited", str(protected), [str(attacked / f"sub{i}") for i in range(3)]]]})
+    assert [a[0] for a in result["done"]] == ["mount"], result
+    assert files_under(protected) == before, f"a protected file was removed: {result}"
+    assert result["outcome"] == "completed", result
+    (message,) = result["returned"]
+    assert message.startswith(f"removed 1 stale ingest entry: {other.name}; refused 1: {attacked.name} ("), message
+    assert "mount point" in message
+    assert not other.exists() and attacked.exists() and ingest.is_dir()
+
+
+# ---- item 12: one entry with a mount in it ------------------------------------------------------
+
+def test_an_ingest_entry_with_a_mount_in_it_is_refused_and_every_other_entry_cleaned(tmp_path, mountns):
+    base = Path(os.path.realpath(tmp_path))
+    protected = make_protected(base)
+    ingest = base.joinpath(*INGEST)
+    entries = [old_ingest_entry(ingest, c * 64, fanout=1) for c in "123"]
+    mounted = entries[1]
+    old = time.time() - DAY  # what is mounted looks as old as the rest: the entry counts as stale
+    for path in [protected, *protected.rglob("*")]:
+        os.utime(path, (old, old))
+    before = files_under(protected)
+    result = mountns.run({"scenario": "ingest", "root": str(base), "guard": [str(protected)],
+                          "mounts": [[str(protected), str(mounted / "sub0" / "d1")]], "trigger": -1})
+    assert result["outcome"] == "completed", result
+    (message,) = result["returned"]
+    removed = ", ".join(e.name for e in sorted({entries[0], entries[2]}))
+    assert message.startswith("removed 2 stale ingest entries: "), message
+    assert sorted(message.split("; ")[0].split(": ")[1].split(", ")) == sorted(removed.split(", ")), message
+    assert f"refused 1: {mounted.name} (" in message and "mount point" in message, message
+    assert not entries[0].exists() and not entries[2].exists()
+    assert (mounted / "ref").exists(), "nothing of the refused entry is removed"
+    assert files_under(protected) == before
 
 
 # ---- the property: random trees, racing mounts and renames ---------------------------------------

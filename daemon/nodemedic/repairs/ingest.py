@@ -3,6 +3,8 @@
 
 Only entries nobody is writing are removed: every file in them older than `ingest.stale_age`
 and none of them open for writing. The ingest dir itself stays. Never: blobs/, meta.db, snapshots.
+Each entry is removed on its own: one the safety module refuses (a mount point in it) is kept and
+reported, and the others are still removed.
 
 "Open for writing" is asked of the kernel, not of /proc: nodemedic runs without capabilities and
 in its own user namespace, where containerd's file descriptors cannot be read (a /proc scan would
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedy_probes import runtime_ready
-from nodemedic.repairs.safety import remove_tree
+from nodemedic.repairs.safety import Guard, UnsafeOperation, remove_tree
 from nodemedic.repairs.step import StepClass
 
 INGEST = ("io.containerd.content.v1.content", "ingest")
@@ -92,6 +94,20 @@ def stale_entries_in(directory: Path, stale_age: float, now: float | None = None
     return stale
 
 
+def remove_entries(guard: Guard, entries: list[Path]) -> tuple[list[str], list[str]]:
+    """Remove each entry on its own: one the safety module refuses (a mount point in it, one
+    made while it is walked) is reported and kept, and the others are still removed."""
+    removed, refused = [], []
+    for entry in entries:
+        try:
+            remove_tree(guard, entry)
+        except UnsafeOperation as err:
+            refused.append(f"{entry.name} ({err})")
+            continue
+        removed.append(entry.name)
+    return removed, refused
+
+
 def stale_entries(ctx: RepairContext, now: float | None = None) -> list[Path]:
     return stale_entries_in(ingest_dir(ctx), ctx.settings.ingest.stale_age, now)
 
@@ -111,11 +127,10 @@ class RemoveStaleIngests:
         return bool(stale_entries(ctx))
 
     async def apply(self, ctx: RepairContext) -> str:
-        removed = []
-        for entry in stale_entries(ctx):
-            remove_tree(ctx.guard, entry)
-            removed.append(entry.name)
-        return f"removed {len(removed)} stale ingest entr{'y' if len(removed) == 1 else 'ies'}: {', '.join(removed)}"
+        removed, refused = remove_entries(ctx.guard, stale_entries(ctx))
+        done = f"removed {len(removed)} stale ingest entr{'y' if len(removed) == 1 else 'ies'}: {', '.join(removed)}"
+        # A refused entry stays stale, so verify() fails and the ladder ends reporting it.
+        return done + (f"; refused {len(refused)}: {'; '.join(refused)}" if refused else "")
 
     async def verify(self, ctx: RepairContext) -> bool:
         # containerd's own view: its runtime answers and no stale ingest remains under it.
