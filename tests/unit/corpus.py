@@ -1,15 +1,27 @@
-"""Reading the fail2ban-style sample corpus: tests/corpus/<signature id>.log."""
+"""The fail2ban-style sample corpus, tests/corpus/<signature id>.log, and its renderings.
+
+Lines are `+ MESSAGE` (must match the file's signature), `- MESSAGE` (must not) or `# comment`;
+blocks appended later (captured real lines) start with a `# provenance` comment and use the
+same markers. The directory is the list of signatures: every *.log but the start-up negatives.
+
+Every sample is also rendered into the other formats its producer can write (klog JSON for a
+klog line, logrus JSON for a logrus line, the klog line with its header cut off as users paste
+it): one signature must recognise a failure in every format.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from nodemedic.detector.decode import Record, decode
 from tests.conftest import REPO
 
 CORPUS_DIR = REPO / "tests" / "corpus"
 # Real containerd start-up output, every line of which must match no signature.
 STARTUP_NEGATIVES = CORPUS_DIR / "containerd-startup-real.log"
+TEXT_FORMATS = {"klog": "klog", "klog-structured": "klog", "logfmt": "logrus", "text": "text"}
 
 
 @dataclass(frozen=True)
@@ -18,9 +30,11 @@ class Sample:
     line: int
     expect_match: bool
     message: str
+    rendering: str = "as written"
 
     def where(self) -> str:
-        return f"{self.path.name}:{self.line}"
+        suffix = "" if self.rendering == "as written" else f" ({self.rendering})"
+        return f"{self.path.name}:{self.line}{suffix}"
 
 
 def read_corpus(path: Path) -> list[Sample]:
@@ -38,3 +52,59 @@ def read_corpus(path: Path) -> list[Sample]:
 def read_plain(path: Path) -> list[Sample]:
     return [Sample(path, n, False, line) for n, line in enumerate(path.read_text().splitlines(), start=1)
             if line.strip() and not line.startswith("#")]
+
+
+def signature_ids() -> list[str]:
+    return sorted(p.stem for p in CORPUS_DIR.glob("*.log") if p != STARTUP_NEGATIVES)
+
+
+def _go_json(value: dict[str, object], escape_html: bool) -> str:
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if escape_html:  # encoding/json's default, which logrus' JSONFormatter keeps
+        text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return text
+
+
+def klog_json(record: Record) -> str:
+    """As kubelet --logging-format=json writes it (component-base/logs/json, zap)."""
+    data: dict[str, object] = {"ts": 1732000000123.4567, "caller": record.source or "kubelet/kubelet.go:1"}
+    data["msg"] = record.msg
+    if record.level in ("info", "warning"):
+        data["v"] = 0
+    for key, value in record.fields:
+        data[key] = value
+    return _go_json(data, escape_html=False)
+
+
+def logrus_json(record: Record) -> str:
+    """As containerd with `[debug] format = "json"` writes it: logrus JSONFormatter, keys sorted."""
+    data = dict(record.fields)
+    data["level"] = record.level or "info"
+    data["msg"] = record.msg
+    data.setdefault("time", "2026-11-30T10:00:00.000000000Z")
+    return _go_json(dict(sorted(data.items())), escape_html=True)
+
+
+def headerless(line: str) -> str | None:
+    """The klog line without `E0416 22:26:30.150357   10125 file.go:NNN] ` (pasted lines)."""
+    end = line.find("] ")
+    return line[end + 2:] if end > 0 else None
+
+
+def renderings(sample: Sample) -> list[Sample]:
+    """The sample in every other format its producer can write."""
+    record = decode(sample.message)
+    family = TEXT_FORMATS.get(record.format)
+    out = []
+    if family == "klog":
+        out.append(replace(sample, message=klog_json(record), rendering="klog JSON"))
+        cut = headerless(sample.message)
+        if cut is not None:
+            out.append(replace(sample, message=cut, rendering="klog header cut off"))
+    elif family == "logrus" and sample.message.startswith(("time=", "level=")):
+        out.append(replace(sample, message=logrus_json(record), rendering="logrus JSON"))
+    return out
+
+
+def formats_of(samples: list[Sample]) -> set[str]:
+    return {decode(s.message).format for s in samples}

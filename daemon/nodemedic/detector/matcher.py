@@ -4,6 +4,7 @@ Most lines match nothing. Each signature carries a plain `literal` every matchin
 contains; one Aho-Corasick automaton per source (unit, origin) finds, in a single pass over the
 line, which literals occur, so the regexes only run for the rare line that already contains a
 signature's literal, and the cost per line does not grow with the size of the catalogue.
+Only such a line is decoded (decode.py) and judged by the candidates' patterns.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from collections.abc import Iterable
 
 import ahocorasick
 
-from nodemedic.detector.signatures import Signature
+from nodemedic.detector.decode import Record, decode
+from nodemedic.detector.signatures import Signature, Verdict
 
 ANY_SOURCE = ("", "")
 
@@ -60,13 +62,36 @@ class Matcher:
         automaton = self._automata.get((unit, origin))
         return automaton is not None and next(automaton.iter(text), None) is not None
 
-    def match(self, message: str | bytes, unit: str | None = None, origin: str = "unit") -> list[Signature]:
-        """Signatures matching `message`; `unit=None` tries every signature regardless of unit."""
-        text = as_text(message)
+    def _candidates(self, text: str, unit: str | None, origin: str) -> list[int]:
         automaton = self._automata.get(ANY_SOURCE if unit is None else (unit, origin))
         if automaton is None:
             return []
         candidates: set[int] = set()
         for _end, indices in automaton.iter(text):
             candidates.update(indices)
-        return [self.signatures[i] for i in sorted(candidates) if self.signatures[i].pattern.match(text)]
+        return sorted(candidates)
+
+    def match(self, message: str | bytes, unit: str | None = None, origin: str = "unit") -> list[Signature]:
+        """Signatures matching `message`; `unit=None` tries every signature regardless of unit."""
+        text = as_text(message)
+        candidates = self._candidates(text, unit, origin)
+        if not candidates:
+            return []
+        record = decode(text)  # once per line, for every candidate
+        return [self.signatures[i] for i in candidates if self.signatures[i].judge(text, record).hit]
+
+    def explain(self, message: str | bytes, unit: str | None = None,
+                origin: str = "unit") -> tuple[Record, list[tuple[Signature, Verdict]]]:
+        """The decoded record and, for every signature this source watches, why it did or did not hit."""
+        text = as_text(message)
+        record = decode(text)
+        candidates = set(self._candidates(text, unit, origin))
+        verdicts = []
+        for index, signature in enumerate(self.signatures):
+            if unit is not None and (unit not in signature.units or origin != signature.origin):
+                continue
+            if index in candidates:
+                verdicts.append((signature, signature.judge(text, record)))
+            else:
+                verdicts.append((signature, Verdict(False, f"literal {signature.literal!r} is not in the line")))
+        return record, verdicts

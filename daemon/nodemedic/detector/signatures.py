@@ -2,6 +2,10 @@
 
 A file in /etc/nodemedic/signatures.d replaces the vendor file of the same name; an empty file
 or a symlink to /dev/null disables it, as systemd masks units.
+
+A signature says what it needs, not how a log format spells it: `message` patterns for the
+decoded message, `error` patterns for its error/cause fields (or, in free text, what follows
+the message), an optional `level`. See decode.py for the formats and docs/signatures.md.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Literal
 from nodemedic.config.errors import ConfigError, Problem
 from nodemedic.config.schema import Seconds, build, check_table
 from nodemedic.config.tomlfile import TomlFile, read_toml
+from nodemedic.detector.decode import Record, decode
+from nodemedic.detector.patterns import Pattern, PatternError
 from nodemedic.durations import format_duration
 from nodemedic.hostroot import HOST, HostRoot
 
@@ -45,9 +51,27 @@ class SignatureFile:
     summary: str
     units: tuple[str, ...]
     literal: str
-    regex: tuple[str, ...]
     threshold: Threshold
+    message: tuple[str, ...] = ()
+    error: tuple[str, ...] = ()
+    level: tuple[str, ...] = ()
+    # Whole-line patterns of the first catalogue format, still honoured for operators' files.
+    regex: tuple[str, ...] = ()
     origin: Literal["unit", "manager"] = "unit"
+
+
+LEVELS = ("trace", "debug", "info", "warning", "error", "fatal", "panic")
+# Characters JSON or Go quoting escape: a literal holding one would miss the other spellings.
+_ESCAPED = re.compile(r'["\\<>&\x00-\x1f\x7f]')
+_SEPARATORS = b" \t:;,-"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why a signature did or did not match one record (for `nodemedic match --explain`)."""
+
+    hit: bool
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -58,13 +82,55 @@ class Signature:
     units: frozenset[str]
     origin: str
     literal: str
-    alternatives: tuple[re.Pattern[str], ...]
-    pattern: re.Pattern[str]
+    message: tuple[Pattern, ...]
+    error: tuple[Pattern, ...]
+    level: frozenset[str]
+    legacy: tuple[Pattern, ...]
     threshold: Threshold
     path: Path
 
-    def matches(self, message: str) -> bool:
-        return self.literal in message and self.pattern.match(message) is not None
+    @property
+    def patterns(self) -> tuple[Pattern, ...]:
+        return self.message + self.error + self.legacy
+
+    def matches(self, line: str, record: Record | None = None) -> bool:
+        """Does this raw journal MESSAGE (decoded once by the caller when given) match?"""
+        return self.literal in line and self.judge(line, record).hit
+
+    def judge(self, line: str, record: Record | None = None) -> Verdict:
+        for pattern in self.legacy:
+            if pattern.search(line.encode("utf-8", errors="replace")):
+                return Verdict(True, f"regex {pattern.text!r} hit the whole line")
+        if not self.message and not self.error:
+            return Verdict(False, "no regex hit the whole line")
+        return self.judge_record(record if record is not None else decode(line))
+
+    def judge_record(self, record: Record) -> Verdict:
+        if self.level and record.level and record.level not in self.level:
+            return Verdict(False, f"level {record.level} is not one of {sorted(self.level)}")
+        msg = record.msg.encode("utf-8", errors="replace")
+        rest = msg
+        said = ""
+        if self.message:
+            for pattern in self.message:
+                span = pattern.search(msg)
+                if span is not None:
+                    rest = msg[span[1]:].lstrip(_SEPARATORS)
+                    said = f"message {pattern.text!r} hit"
+                    break
+            else:
+                return Verdict(False, "no message pattern hit the message")
+        if not self.error:
+            return Verdict(True, said)
+        # where the cause can be: the record's own fields, else what follows the message
+        places = [(f"field {key}", value.encode("utf-8", errors="replace")) for key, value in record.details()]
+        places.append(("rest of the message" if self.message else "message", rest))
+        for pattern in self.error:
+            for place, text in places:
+                if pattern.search(text) is not None:
+                    return Verdict(True, ", ".join(filter(None, (said, f"error {pattern.text!r} hit {place}"))))
+        looked = ", ".join(place for place, _ in places)
+        return Verdict(False, ", ".join(filter(None, (said, f"no error pattern hit ({looked})"))))
 
 
 @dataclass(frozen=True)
@@ -103,17 +169,22 @@ def _validate(source: TomlFile, spec: SignatureFile, expected_id: str) -> tuple[
             problems.append(source.problem(("units",), f"not a unit name: {unit!r}"))
     if not spec.literal:
         problems.append(source.problem(("literal",), "literal must not be empty"))
-    if not spec.regex:
-        problems.append(source.problem(("regex",), "regex must list at least one pattern"))
-    compiled: list[re.Pattern[str]] = []
-    for text in spec.regex:
-        if not text.startswith("^"):
-            problems.append(source.problem(("regex",), f"regex must be anchored with '^': {text!r}"))
-            continue
-        try:
-            compiled.append(re.compile(text))
-        except re.error as err:
-            problems.append(source.problem(("regex",), f"invalid regex {text!r}: {err}"))
+    elif _ESCAPED.search(spec.literal):
+        problems.append(source.problem(("literal",), "literal must not contain quotes, backslashes, <, >, & or "
+                                                     "control characters: JSON and Go quoting escape them"))
+    if not (spec.regex or spec.message or spec.error):
+        problems.append(source.problem(("message",), "a signature needs message or error patterns"))
+    for level in spec.level:
+        if level not in LEVELS:
+            problems.append(source.problem(("level",), f"unknown level {level!r} (one of {', '.join(LEVELS)})"))
+    compiled: dict[str, list[Pattern]] = {"message": [], "error": [], "regex": []}
+    for key, texts in (("message", spec.message), ("error", spec.error), ("regex", spec.regex)):
+        for text in texts:
+            try:
+                compiled[key].append(Pattern(text))
+            except PatternError as err:
+                problems.append(Problem(source.path, _line_of(source, key, text),
+                                        f"{key} pattern {text!r} rejected by RE2 (linear-time matching): {err}"))
     t = spec.threshold
     if (t.persists is None) == (t.count is None):
         problems.append(source.problem(("threshold",), "threshold needs either count (with window) or persists"))
@@ -123,9 +194,19 @@ def _validate(source: TomlFile, spec: SignatureFile, expected_id: str) -> tuple[
         problems.append(source.problem(("threshold",), "threshold.persists must be > 0 and has no window"))
     if problems:
         return problems, None
-    combined = re.compile("|".join(f"(?:{p.pattern})" for p in compiled))
     return [], Signature(spec.id, spec.problem, spec.summary, frozenset(spec.units), spec.origin, spec.literal,
-                         tuple(compiled), combined, spec.threshold, source.path)
+                         tuple(compiled["message"]), tuple(compiled["error"]), frozenset(spec.level),
+                         tuple(compiled["regex"]), spec.threshold, source.path)
+
+
+def _line_of(source: TomlFile, key: str, text: str) -> int:
+    """The line holding this array element, for an error that points at the pattern itself."""
+    start = source.line_of((key,))
+    lines = source.path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for number in range(start, len(lines) + 1):
+        if text in lines[number - 1]:
+            return number
+    return start
 
 
 def load_signature(path: Path) -> Signature:
