@@ -30,7 +30,7 @@ DEB := $(DIST)/nodemedic_$(NODEMEDIC_VERSION)_$(ARCH).deb
 
 # The wheels are for Debian 12's CPython 3.11 on x86_64, whatever Python runs pip here.
 PIP_TARGET := --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
-	--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64
+	--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64
 # Only the lock decides what is downloaded: no pip.conf extras, no find-links from the environment.
 PIP_ENV := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1
 

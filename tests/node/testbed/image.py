@@ -196,6 +196,9 @@ def ensure_wheelhouse(extra: Sequence[str] = (), log: Log = _stderr) -> Path:
             "manylinux_2_17_x86_64",
             "--platform",
             "manylinux2014_x86_64",
+            # google-re2 ships manylinux_2_28 wheels only (Debian 12 has glibc 2.36)
+            "--platform",
+            "manylinux_2_28_x86_64",
             "--dest",
             str(tmp),
             *_pins(),
