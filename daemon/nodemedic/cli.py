@@ -109,6 +109,9 @@ def cmd_match(args: argparse.Namespace) -> int:
     source = sys.stdin.buffer if args.file in (None, "-") else open(args.file, "rb")  # noqa: SIM115
     try:
         for number, line in enumerate(_input_lines(source), start=1):
+            if args.explain:
+                out.write(_explain(matcher, number, line, args.unit, args.json))
+                continue
             ids = [s.id for s in matcher.match(line, args.unit)]
             if args.json:
                 out.write(json.dumps({"line": number, "signatures": ids}) + "\n")
@@ -118,6 +121,26 @@ def cmd_match(args: argparse.Namespace) -> int:
         if source is not sys.stdin.buffer:
             source.close()
     return EXIT_OK
+
+
+def _explain(matcher: Matcher, number: int, line: str, unit: str | None, as_json: bool) -> str:
+    """The decoded record, and per signature which pattern hit or why none did: what an
+    operator needs to write a signature for a line they pasted."""
+    record, verdicts = matcher.explain(line, unit)
+    near = [(s, v) for s, v in verdicts if not v.reason.startswith("literal ")]
+    absent = len(verdicts) - len(near)
+    if as_json:
+        return json.dumps({"line": number, "signatures": [s.id for s, v in verdicts if v.hit],
+                           "decoded": {"format": record.format, "level": record.level, "msg": record.msg,
+                                       "fields": dict(record.fields), "source": record.source},
+                           "verdicts": {s.id: {"hit": v.hit, "reason": v.reason} for s, v in near},
+                           "literal_absent": absent}) + "\n"
+    lines = [f"line {number}: {record.format}" + (f", level {record.level}" if record.level else "")
+             + (f", at {record.source}" if record.source else ""), f"  msg: {record.msg}"]
+    lines += [f"  {key}: {value}" for key, value in record.details()]
+    lines += [f"  {'HIT' if v.hit else 'no '} {s.id}: {v.reason}" for s, v in near]
+    lines.append(f"  {absent} other signature(s): their literal is not in the line")
+    return "\n".join(lines) + "\n"
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -287,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", help="file of MESSAGE lines; '-' or absent for stdin")
     p.add_argument("--unit", help="unit the lines came from (default: try every signature)")
     p.add_argument("--json", action="store_true", help='one {"line": N, "signatures": [...]} per line')
+    p.add_argument("--explain", action="store_true",
+                   help="show each line's decoded format, level, message and fields, and which pattern hit "
+                        "or why none did")
     p.set_defaults(func=cmd_match)
     return parser
 
