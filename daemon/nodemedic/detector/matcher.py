@@ -29,7 +29,8 @@ def as_text(message: str | bytes) -> str:
 def _automaton(signatures: Iterable[tuple[int, Signature]]) -> ahocorasick.Automaton | None:
     by_literal: dict[str, list[int]] = {}
     for index, signature in signatures:
-        by_literal.setdefault(signature.literal, []).append(index)
+        for literal in signature.literals:
+            by_literal.setdefault(literal, []).append(index)
     if not by_literal:
         return None
     automaton = ahocorasick.Automaton()
@@ -93,5 +94,6 @@ class Matcher:
             if index in candidates:
                 verdicts.append((signature, signature.judge(text, record)))
             else:
-                verdicts.append((signature, Verdict(False, f"literal {signature.literal!r} is not in the line")))
+                shown = " or ".join(repr(literal) for literal in signature.literals)
+                verdicts.append((signature, Verdict(False, f"literal {shown} is not in the line")))
         return record, verdicts

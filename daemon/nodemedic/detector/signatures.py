@@ -50,8 +50,10 @@ class SignatureFile:
     problem: str
     summary: str
     units: tuple[str, ...]
-    literal: str
     threshold: Threshold
+    literal: str | None = None
+    # Several literals when no single one is in every matching line (any of them lets a line in).
+    literals: tuple[str, ...] = ()
     message: tuple[str, ...] = ()
     error: tuple[str, ...] = ()
     level: tuple[str, ...] = ()
@@ -81,7 +83,7 @@ class Signature:
     summary: str
     units: frozenset[str]
     origin: str
-    literal: str
+    literals: tuple[str, ...]
     message: tuple[Pattern, ...]
     error: tuple[Pattern, ...]
     level: frozenset[str]
@@ -90,12 +92,16 @@ class Signature:
     path: Path
 
     @property
+    def literal(self) -> str:
+        return self.literals[0]
+
+    @property
     def patterns(self) -> tuple[Pattern, ...]:
         return self.message + self.error + self.legacy
 
     def matches(self, line: str, record: Record | None = None) -> bool:
         """Does this raw journal MESSAGE (decoded once by the caller when given) match?"""
-        return self.literal in line and self.judge(line, record).hit
+        return any(literal in line for literal in self.literals) and self.judge(line, record).hit
 
     def judge(self, line: str, record: Record | None = None) -> Verdict:
         for pattern in self.legacy:
@@ -167,11 +173,16 @@ def _validate(source: TomlFile, spec: SignatureFile, expected_id: str) -> tuple[
     for unit in spec.units:
         if unit != KUBEADM and not _UNIT.match(unit):
             problems.append(source.problem(("units",), f"not a unit name: {unit!r}"))
-    if not spec.literal:
-        problems.append(source.problem(("literal",), "literal must not be empty"))
-    elif _ESCAPED.search(spec.literal):
-        problems.append(source.problem(("literal",), "literal must not contain quotes, backslashes, <, >, & or "
-                                                     "control characters: JSON and Go quoting escape them"))
+    literals = ((spec.literal,) if spec.literal is not None else ()) + spec.literals
+    key = ("literal",) if spec.literal is not None else ("literals",)
+    if not literals:
+        problems.append(source.problem((), "missing key 'literal' (or 'literals')"))
+    for literal in literals:
+        if not literal:
+            problems.append(source.problem(key, "literal must not be empty"))
+        elif _ESCAPED.search(literal):
+            problems.append(source.problem(key, "literal must not contain quotes, backslashes, <, >, & or "
+                                                "control characters: JSON and Go quoting escape them"))
     if not (spec.regex or spec.message or spec.error):
         problems.append(source.problem(("message",), "a signature needs message or error patterns"))
     for level in spec.level:
@@ -194,7 +205,7 @@ def _validate(source: TomlFile, spec: SignatureFile, expected_id: str) -> tuple[
         problems.append(source.problem(("threshold",), "threshold.persists must be > 0 and has no window"))
     if problems:
         return problems, None
-    return [], Signature(spec.id, spec.problem, spec.summary, frozenset(spec.units), spec.origin, spec.literal,
+    return [], Signature(spec.id, spec.problem, spec.summary, frozenset(spec.units), spec.origin, literals,
                          tuple(compiled["message"]), tuple(compiled["error"]), frozenset(spec.level),
                          tuple(compiled["regex"]), spec.threshold, source.path)
 
