@@ -15,6 +15,7 @@ covers every format. Decoding runs only for lines that passed the literal prefil
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ _PAIR = re.compile(r"([\w.\-/]{1,128})=(" + _QUOTED + r"|\S*)")
 _SPACES = re.compile(r"\s+")
 _QUOTED_AT = re.compile(_QUOTED)
 _PAIR_START = re.compile(r" [\w.\-/]{1,128}=")
+_TTY_TRIES = 8
 
 
 @dataclass(frozen=True)
@@ -197,8 +199,9 @@ def decode(text: str) -> Record:
 
 def _logrus_tty(rest: str, level: str) -> Record:
     """`ERRO[0000] free text message      key=value …`: the message is not quoted, so it
-    ends where the rest of the line is nothing but pairs."""
-    for candidate in _PAIR_START.finditer(rest):
+    ends where the rest of the line is nothing but pairs. Only the first few ` key=` are
+    tried, each a pass over the rest: a hostile line must not make this quadratic."""
+    for candidate in itertools.islice(_PAIR_START.finditer(rest), _TTY_TRIES):
         pairs = parse_pairs(rest[candidate.start():])
         if pairs is not None and _no_extension(rest[candidate.start():], pairs):
             return Record("logfmt", level, rest[:candidate.start()].strip(), tuple(pairs))
