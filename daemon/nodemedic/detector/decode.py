@@ -39,6 +39,7 @@ _QUOTED = r'"[^"\\]*(?:\\.[^"\\]*)*"'
 _PAIR = re.compile(r"([\w.\-/]{1,128})=(" + _QUOTED + r"|\S*)")
 _SPACES = re.compile(r"\s+")
 _QUOTED_AT = re.compile(_QUOTED)
+_SIMPLE_PAIR = re.compile(r"\s*([\w.\-/]{1,128})=(?:(" + _QUOTED + r")(?=\s|$)|([^\s\"{\[]*)(?=\s|$))")
 _PAIR_START = re.compile(r" [\w.\-/]{1,128}=")
 _TTY_TRIES = 8
 
@@ -82,6 +83,22 @@ def parse_pairs(text: str) -> list[tuple[str, str]] | None:
     A bare value runs to the next ` key=`, so klog's `condition={Type:Ready Status:False …}`
     stays one value.
     """
+    # The common case in one C-level pass: nothing but space-separated simple pairs.
+    pairs: list[tuple[str, str]] = []
+    pos = 0
+    for found in _SIMPLE_PAIR.finditer(text):
+        if found.start() != pos:
+            break
+        key, quoted, bare = found.groups()
+        pairs.append((key, bare if quoted is None else _unquote(quoted)))
+        pos = found.end()
+    else:
+        if pos == len(text) or not text[pos:].strip():
+            return pairs
+    return _parse_pairs_slowly(text)
+
+
+def _parse_pairs_slowly(text: str) -> list[tuple[str, str]] | None:
     pairs: list[tuple[str, str]] = []
     pos, end = 0, len(text)
     while pos < end:
