@@ -80,7 +80,7 @@ def test_every_pattern_is_hit(signature):
     records = [decode(s.message) for s in _all_samples(signature.id) if s.expect_match]
     hit: set[str] = set()
     for record in records:
-        verdict = signature.judge_record(record)
+        verdict = signature.judge_record(record, explain=True)
         hit.update(p.text for p in signature.patterns if repr(p.text) in verdict.reason)
     never = [p.text for p in signature.message + signature.error if p.text not in hit]
     assert not never, f"never hit: {never}"

@@ -92,7 +92,7 @@ class Matcher:
             if unit is not None and (unit not in signature.units or origin != signature.origin):
                 continue
             if index in candidates:
-                verdicts.append((signature, signature.judge(text, record)))
+                verdicts.append((signature, signature.judge(text, record, explain=True)))
             else:
                 shown = " or ".join(repr(literal) for literal in signature.literals)
                 verdicts.append((signature, Verdict(False, f"literal {shown} is not in the line")))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -90,6 +90,16 @@ class Signature:
     legacy: tuple[Pattern, ...]
     threshold: Threshold
     path: Path
+    # Each list as one alternation: one RE2 call instead of one per pattern (each call has a
+    # fixed cost of several µs); the single patterns only name the one that hit, for --explain.
+    _message_any: Pattern | None = field(default=None, init=False, repr=False, compare=False)
+    _error_any: Pattern | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name, patterns in (("_message_any", self.message), ("_error_any", self.error)):
+            if patterns:
+                kind = type(patterns[0])  # bench/match_bench.py swaps in `re` for its comparison
+                object.__setattr__(self, name, kind("|".join(f"(?:{p.text})" for p in patterns)))
 
     @property
     def literal(self) -> str:
@@ -103,40 +113,47 @@ class Signature:
         """Does this raw journal MESSAGE (decoded once by the caller when given) match?"""
         return any(literal in line for literal in self.literals) and self.judge(line, record).hit
 
-    def judge(self, line: str, record: Record | None = None) -> Verdict:
-        for pattern in self.legacy:
-            if pattern.search(line.encode("utf-8", errors="replace")):
-                return Verdict(True, f"regex {pattern.text!r} hit the whole line")
+    def judge(self, line: str, record: Record | None = None, explain: bool = False) -> Verdict:
+        """Hit or not; with `explain`, the reason names the pattern that hit or why none did."""
+        if self.legacy:
+            raw = line.encode("utf-8", errors="replace")
+            for pattern in self.legacy:
+                if pattern.search(raw):
+                    return Verdict(True, f"regex {pattern.text!r} hit the whole line")
         if not self.message and not self.error:
             return Verdict(False, "no regex hit the whole line")
-        return self.judge_record(record if record is not None else decode(line))
+        return self.judge_record(record if record is not None else decode(line), explain)
 
-    def judge_record(self, record: Record) -> Verdict:
+    def judge_record(self, record: Record, explain: bool = False) -> Verdict:
         if self.level and record.level and record.level not in self.level:
             return Verdict(False, f"level {record.level} is not one of {sorted(self.level)}")
         msg = record.msg.encode("utf-8", errors="replace")
         rest = msg
         said = ""
-        if self.message:
-            for pattern in self.message:
-                span = pattern.search(msg)
-                if span is not None:
-                    rest = msg[span[1]:].lstrip(_SEPARATORS)
-                    said = f"message {pattern.text!r} hit"
-                    break
-            else:
+        if self._message_any is not None:
+            span = self._message_any.search(msg)
+            if span is None:
                 return Verdict(False, "no message pattern hit the message")
-        if not self.error:
+            rest = msg[span[1]:].lstrip(_SEPARATORS)
+            if explain:
+                said = f"message {_first_hit(self.message, msg)!r} hit"
+        if self._error_any is None:
             return Verdict(True, said)
         # where the cause can be: the record's own fields, else what follows the message
         places = [(f"field {key}", value.encode("utf-8", errors="replace")) for key, value in record.details()]
         places.append(("rest of the message" if self.message else "message", rest))
-        for pattern in self.error:
-            for place, text in places:
-                if pattern.search(text) is not None:
-                    return Verdict(True, ", ".join(filter(None, (said, f"error {pattern.text!r} hit {place}"))))
+        for place, text in places:
+            if self._error_any.search(text) is not None:
+                if not explain:
+                    return Verdict(True, "")
+                hit = f"error {_first_hit(self.error, text)!r} hit {place}"
+                return Verdict(True, ", ".join(filter(None, (said, hit))))
         looked = ", ".join(place for place, _ in places)
         return Verdict(False, ", ".join(filter(None, (said, f"no error pattern hit ({looked})"))))
+
+
+def _first_hit(patterns: tuple[Pattern, ...], text: bytes) -> str:
+    return next((p.text for p in patterns if p.search(text) is not None), "?")
 
 
 @dataclass(frozen=True)
