@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Fields that describe the record, not the event; everything else may carry the cause.
 META_KEYS = frozenset({"time", "ts", "level", "msg", "caller", "v", "logger", "file", "line"})
@@ -44,8 +44,7 @@ _PAIR_START = re.compile(r" [\w.\-/]{1,128}=")
 _TTY_TRIES = 8
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):  # a tuple: built for every candidate line, cheaper than a frozen dataclass
     format: str  # klog | klog-structured | klog-json | logfmt | logrus-json | text
     level: str  # info | warning | error | fatal | debug | trace | panic, or "" when the format has none
     msg: str
