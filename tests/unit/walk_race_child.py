@@ -2,15 +2,19 @@
 (`unshare --mount --propagation private`, see mountns.py), so the bind mounts it makes vanish
 with it and never reach the host.
 
-It reads JSON plans on stdin, one a line. For each it removes a tree with nodemedic's real code
-while a racer (inside the hook, deterministically, and/or in a thread, concurrently) mounts and
-renames, answers one JSON line (the outcome and what the racer managed to do) and detaches the
-mounts it made. The parent judges the property on the real files from the host's namespace,
-where none of these mounts exist. One process serves many plans: a hypothesis run does not pay
-an interpreter start per example.
+It reads JSON plans on stdin, one a line. For each it removes a tree (or one file, or writes one
+file, or makes a directory) with nodemedic's real code while a racer (inside the hook,
+deterministically, and/or in a thread, concurrently) mounts and renames, answers one JSON line
+(the outcome and what the racer managed to do) and detaches the mounts it made. The parent
+judges the property on the real files from the host's namespace, where none of these mounts
+exist. One process serves many plans: a hypothesis run does not pay an interpreter start per
+example.
 
-Plan: {"scenario": "walk" | "ingest", "top": path, "guard": [protected paths],
-       "trigger": n,      # the n-th removal call (unlink/rmdir) fires the racer; 0 = before the walk
+Plan: {"scenario": "walk" | "ingest" | "file" | "write" | "mkdir", "top": path, "guard": [protected paths],
+       "trigger": n,      # the n-th hooked call fires the racer; 0 = before the walk
+       "on": "remove" | "create" | "opendir",  # which calls are hooked and counted: unlink/rmdir
+                          # (the default), os.open with O_CREAT or mkdir, os.open with O_DIRECTORY
+       "data": text,      # what "write" writes
        "sync": [action],  # done inside the hook, before that call runs
        "racer": [action], # done by a thread started at the trigger, `pause` seconds apart
        "pause": seconds, "mounts": [[source, target]] (made before the walk), "root": node root}
@@ -108,8 +112,10 @@ class Racer:
             self.thread = threading.Thread(target=self.run_thread)
             self.thread.start()
 
-    def hook(self, real):
+    def hook(self, real, counts=None):
         def wrapped(path, *args, dir_fd=None, **kwargs):
+            if counts is not None and not counts(*args):
+                return real(path, *args, dir_fd=dir_fd, **kwargs)
             self.calls += 1
             here = os.readlink(f"/proc/self/fd/{dir_fd}") if dir_fd is not None else os.path.dirname(path)
             self.here = here
@@ -141,17 +147,54 @@ def ingest(plan: dict, racer: Racer) -> list[str]:
     return [asyncio.run(RemoveStaleIngests().apply(ctx))]
 
 
+def remove_one(plan: dict, racer: Racer) -> list[str]:
+    from nodemedic.repairs.safety import Guard, remove_file
+
+    return [str(remove_file(Guard.from_paths(plan["guard"]), plan["top"]))]
+
+
+def write(plan: dict, racer: Racer) -> list[str]:
+    from nodemedic.repairs.safety import Guard, atomic_write
+
+    atomic_write(Guard.from_paths(plan["guard"]), plan["top"], plan["data"].encode())
+    return [plan["top"]]
+
+
+def make_dir(plan: dict, racer: Racer) -> list[str]:
+    from nodemedic.repairs.safety import Guard, ensure_dir
+
+    ensure_dir(Guard.from_paths(plan["guard"]), plan["top"])
+    return [plan["top"]]
+
+
+SCENARIOS = {"walk": walk, "ingest": ingest, "file": remove_one, "write": write, "mkdir": make_dir}
+
+
+def hooked(racer: Racer, on: str) -> dict[str, object]:
+    """The os functions to replace for plan["on"], each by the racer's hook."""
+    if on == "remove":
+        return {"unlink": racer.hook(os.unlink), "rmdir": racer.hook(os.rmdir)}
+    if on == "create":
+        return {"open": racer.hook(os.open, lambda flags, *_: bool(flags & os.O_CREAT)),
+                "mkdir": racer.hook(os.mkdir)}
+    if on == "opendir":
+        return {"open": racer.hook(os.open, lambda flags, *_: bool(flags & os.O_DIRECTORY))}
+    raise ValueError(on)
+
+
 def run(plan: dict) -> dict:
     racer = Racer(plan)
     for source, target in plan.get("mounts", []):
         bind_mount(source, target)
-    real_unlink, real_rmdir = os.unlink, os.rmdir
-    os.unlink, os.rmdir = racer.hook(real_unlink), racer.hook(real_rmdir)
+    hooks = hooked(racer, plan.get("on", "remove"))
+    real = {name: getattr(os, name) for name in hooks}
+    for name, hook in hooks.items():
+        setattr(os, name, hook)
     result: dict = {}
     try:
         if plan.get("trigger", 1) == 0:
             racer.fire(None)
-        result["returned"] = {"walk": walk, "ingest": ingest}[plan["scenario"]](plan, racer)
+        result["returned"] = SCENARIOS[plan["scenario"]](plan, racer)
         result["outcome"] = "completed"
     except Exception as err:  # the property: UnsafeOperation, or a crash the parent reports
         result["outcome"] = "refused" if type(err).__name__ == "UnsafeOperation" else "crashed"
@@ -160,7 +203,8 @@ def run(plan: dict) -> dict:
     finally:
         if racer.thread is not None:
             racer.thread.join()
-        os.unlink, os.rmdir = real_unlink, real_rmdir
+        for name, function in real.items():
+            setattr(os, name, function)
         detach_all()
     result["done"], result["failed"], result["calls"] = racer.done, racer.failed, racer.calls
     result["before"] = racer.before

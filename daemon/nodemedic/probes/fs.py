@@ -97,11 +97,16 @@ def mount_for(path: str, mounts: list[MountInfo] | None = None) -> MountInfo | N
     a later mount on the same point hides the earlier one."""
     if mounts is None:
         mounts = read_mountinfo()
-    resolved = os.path.realpath(path)
+    return mount_holding(os.path.realpath(path), mounts)
+
+
+def mount_holding(path: str, mounts: list[MountInfo]) -> MountInfo | None:
+    """mount_for() for an absolute, normalised path taken as it is, its last component not
+    resolved: the mount of a symlink is the mount the link itself lies on."""
     best: MountInfo | None = None
     for m in mounts:
         mp = m.mount_point
-        inside = resolved == mp or mp == "/" or resolved.startswith(mp.rstrip("/") + "/")
+        inside = path == mp or mp == "/" or path.startswith(mp.rstrip("/") + "/")
         if inside and (best is None or len(mp) >= len(best.mount_point)):
             best = m
     return best
