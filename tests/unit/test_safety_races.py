@@ -271,3 +271,133 @@ def test_racing_mounts_and_renames_never_cost_a_protected_or_outside_file(tmp_pa
                 lost.append(path)
         event(f"entries lost to a rename in the hook: {len(lost)}")
         assert len(lost) <= 1, (lost, result)
+
+
+# ---- single-path operations: a mount on the parent made between check and change ----------------
+
+def everything_under(path: Path) -> dict[str, bytes | None]:
+    """Every entry under `path`, links not followed: files with their bytes, the rest as None."""
+    found: dict[str, bytes | None] = {}
+    for dirpath, dirs, names in os.walk(path):
+        for name in dirs + names:
+            full = Path(dirpath, name)
+            found[str(full.relative_to(path))] = full.read_bytes() if full.is_file() and not full.is_symlink() else None
+    return found
+
+
+def decoy_dir(base: Path) -> Path:
+    """A directory nodemedic may change, holding a file named like one in the protected dir."""
+    conf = base / "etc" / "cni" / "net.d"
+    conf.mkdir(parents=True)
+    (conf / "notes.txt").write_text("placeholder")
+    return conf
+
+
+def test_a_mount_on_the_parent_during_remove_file_never_unlinks_a_protected_file(tmp_path, mountns):
+    """The protected dir is bind-mounted onto the file's directory inside the unlink call, after
+    every check: the unlink is relative to the directory opened before, so it removes the file
+    that was checked, not the protected file of the same name."""
+    base = Path(os.path.realpath(tmp_path))
+    protected = make_protected(base)
+    before = everything_under(protected)
+    conf = decoy_dir(base)
+    result = mountns.run({"scenario": "file", "top": str(conf / "notes.txt"), "guard": [str(protected)],
+                          "trigger": 1, "sync": [["mount", str(protected), str(conf)]]})
+    assert [a[0] for a in result["done"]] == ["mount"], result  # the attack really happened
+    assert everything_under(protected) == before, f"a protected file was removed: {result}"
+    assert result["outcome"] == "completed" and result["returned"] == ["True"], result
+    assert not (conf / "notes.txt").exists(), "the file that was checked is the one removed"
+
+
+def test_a_mount_on_the_parent_during_atomic_write_never_replaces_a_protected_file(tmp_path, mountns):
+    """The same mount, made when the temp file is created: the temp file and the rename stay in
+    the directory that was checked and opened."""
+    base = Path(os.path.realpath(tmp_path))
+    protected = make_protected(base)
+    before = everything_under(protected)
+    conf = decoy_dir(base)
+    result = mountns.run({"scenario": "write", "top": str(conf / "notes.txt"), "guard": [str(protected)],
+                          "data": "overwritten", "on": "create", "trigger": 1,
+                          "sync": [["mount", str(protected), str(conf)]]})
+    assert [a[0] for a in result["done"]] == ["mount"], result
+    assert everything_under(protected) == before, f"a protected file was changed: {result}"
+    assert result["outcome"] == "completed", result
+    assert (conf / "notes.txt").read_text() == "overwritten" and os.listdir(conf) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("scenario, target", [("file", "notes.txt"), ("write", "notes.txt"),
+                                              ("mkdir", "new/sub"), ("walk", "entry")])
+def test_a_mount_on_the_parent_made_after_the_check_and_before_the_open_is_refused(tmp_path, mountns,
+                                                                                  scenario, target):
+    """The mount is made inside the first directory open, after mountinfo was read and judged:
+    the directory then opened is on another mount than the one checked, and nothing is changed."""
+    base = Path(os.path.realpath(tmp_path))
+    protected = make_protected(base)
+    before = everything_under(protected)
+    conf = decoy_dir(base)
+    (conf / "entry" / "sub").mkdir(parents=True)
+    (conf / "entry" / "sub" / "notes.txt").write_text("x")
+    decoys = everything_under(conf)
+    result = mountns.run({"scenario": scenario, "top": str(conf / target), "guard": [str(protected)],
+                          "data": "overwritten", "on": "opendir", "trigger": 1,
+                          "sync": [["mount", str(protected), str(conf)]]})
+    assert [a[0] for a in result["done"]] == ["mount"], result
+    assert everything_under(protected) == before, f"a protected path was changed: {result}"
+    assert result["outcome"] == "refused" and "changed since it was checked" in result["error"], result
+    assert everything_under(conf) == decoys, "nothing is changed once the mount is found"
+
+
+# ---- a protected dir bind-mounted onto an ancestor before nodemedic looks -----------------------
+
+@pytest.mark.parametrize("scenario, target", [("walk", "album"), ("file", "notes.txt"), ("write", "notes.txt"),
+                                              ("mkdir", "new")])
+def test_a_protected_dir_mounted_onto_an_ancestor_is_refused(tmp_path, mountns, scenario, target):
+    """realpath() does not show mounts: <ingest>/entry/album names nothing protected, yet with
+    the protected dir bind-mounted onto <ingest>/entry it is the protected album. The mount that
+    holds the target exposes the protected dir (same filesystem, its root at the protected
+    dir's place in it): refused, and the protected dir is byte-identical."""
+    base = Path(os.path.realpath(tmp_path))
+    protected = make_protected(base)
+    before = everything_under(protected)
+    entry = base.joinpath(*INGEST) / "entry"
+    entry.mkdir(parents=True)
+    result = mountns.run({"scenario": scenario, "top": str(entry / target), "guard": [str(protected)],
+                          "data": "overwritten", "mounts": [[str(protected), str(entry)]], "trigger": -1})
+    assert everything_under(protected) == before, f"a protected path was changed: {result}"
+    assert result["outcome"] == "refused" and "exposes protected path" in result["error"], result
+
+
+@pytest.mark.parametrize("scenario", ["file", "write"])
+def test_a_protected_file_mounted_onto_the_target_is_refused(tmp_path, mountns, scenario):
+    base = Path(os.path.realpath(tmp_path))
+    protected = make_protected(base)
+    before = everything_under(protected)
+    conf = decoy_dir(base)
+    result = mountns.run({"scenario": scenario, "top": str(conf / "notes.txt"), "guard": [str(protected)],
+                          "data": "overwritten", "mounts": [[str(protected / "notes.txt"), str(conf / "notes.txt")]],
+                          "trigger": -1})
+    assert everything_under(protected) == before, f"a protected file was changed: {result}"
+    assert result["outcome"] == "refused" and "exposes protected path" in result["error"], result
+    assert (conf / "notes.txt").read_text() == "placeholder"
+
+
+def test_a_mount_of_a_protected_dirs_parent_exposes_only_the_protected_dir(tmp_path, mountns):
+    """Bind-mount the protected dir's parent onto the entry: entry/media is the protected dir and
+    is refused; entry/other/x.txt is a sibling's file, not protected (as /srv/other/x.txt is
+    not), and is removed."""
+    base = Path(os.path.realpath(tmp_path))
+    protected = make_protected(base)
+    before = everything_under(protected)
+    (protected.parent / "other").mkdir()
+    (protected.parent / "other" / "x.txt").write_text("not protected")
+    entry = base.joinpath(*INGEST) / "entry"
+    entry.mkdir(parents=True)
+    mounts = [[str(protected.parent), str(entry)]]
+    refused = mountns.run({"scenario": "file", "top": str(entry / "media" / "notes.txt"),
+                           "guard": [str(protected)], "mounts": mounts, "trigger": -1})
+    assert refused["outcome"] == "refused" and "exposes protected path" in refused["error"], refused
+    allowed = mountns.run({"scenario": "file", "top": str(entry / "other" / "x.txt"), "guard": [str(protected)],
+                           "mounts": mounts, "trigger": -1})
+    assert allowed["outcome"] == "completed" and allowed["returned"] == ["True"], allowed
+    assert not (protected.parent / "other" / "x.txt").exists()
+    assert everything_under(protected) == before

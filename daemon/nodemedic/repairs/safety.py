@@ -1,6 +1,13 @@
 """Every file change nodemedic makes goes through here.
 
 - atomic writes: temp file in the same directory, fsync, rename, fsync the directory;
+- every operation works relative to a directory fd opened component by component without
+  following a symlink, and checks that fd's mount id against the mount mountinfo says holds that
+  path: a mount made on the directory (or above it) after the check is refused, one made after the
+  open is not followed;
+- a path is refused when the mount that holds it exposes a protected path, whatever its name:
+  a protected directory bind-mounted onto an ancestor of the target (realpath does not show
+  mounts) is judged by where the mount's `root` lies in its filesystem, not by its mount point;
 - removal never follows a symlink, never crosses a mount point (by mount id, checked again on
   every directory after it is opened, so a mount made during the walk is refused too), refuses
   `/`, any protected path and anything that contains one, and reports exactly what it removed.
@@ -11,13 +18,14 @@ from __future__ import annotations
 
 import errno
 import os
+import posixpath
+import secrets
 import stat
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodemedic.probes.fs import mount_for, read_mountinfo
+from nodemedic.probes.fs import MountInfo, mount_holding, read_mountinfo
 
 
 class UnsafeOperation(Exception):
@@ -34,8 +42,11 @@ class Guard:
     def from_paths(cls, paths: Iterable[str | Path]) -> Guard:
         return cls(tuple(Path(os.path.realpath(p)) for p in paths))
 
-    def check(self, target: str | Path) -> Path:
-        """Refuse `/`, a protected path, a path inside one, or a path containing one."""
+    def check(self, target: str | Path, mounts: list[MountInfo] | None = None) -> Path:
+        """Refuse `/`, a protected path, a path inside one, or a path containing one, by name and
+        by what the mount holding it really exposes. `mounts` is /proc/self/mountinfo as read by
+        the caller (read here when not given), so the check and the caller's mount-id checks
+        judge one and the same table."""
         real = Path(os.path.realpath(target))
         lexical = Path(os.path.abspath(target))
         if real == Path("/") or lexical == Path("/"):
@@ -44,62 +55,157 @@ class Guard:
             for candidate in (real, lexical):
                 if candidate == protected or protected in candidate.parents or candidate in protected.parents:
                     raise UnsafeOperation(f"refusing to touch {target}: protected path {protected}")
+        self.check_exposure(real, target, mounts)
         return real
 
-    def check_entry(self, path: str | Path) -> Path:
+    def check_entry(self, path: str | Path, mounts: list[MountInfo] | None = None) -> Path:
         """Like check() for the directory entry itself: the parent is resolved, the last
         component is not, so a symlink is judged as the link it is, not as its target."""
         entry = Path(path)
         parent = Path(os.path.realpath(entry.parent))
-        self.check(parent)
+        if mounts is None:
+            mounts = _mountinfo(path)
+        self.check(parent, mounts)
         lexical = parent / entry.name
         for protected in self.protected:
             if lexical == protected or protected in lexical.parents or lexical in protected.parents:
                 raise UnsafeOperation(f"refusing to touch {path}: protected path {protected}")
+        # The entry itself may be a mount point: a protected file bind-mounted over it.
+        self.check_exposure(lexical, path, mounts)
         return lexical
+
+    def check_exposure(self, real: Path, shown: str | Path, mounts: list[MountInfo] | None = None) -> None:
+        """Refuse `real` when the mount holding it shows a protected path (or a directory above or
+        below one) under another name: a bind mount of a protected directory onto an ancestor of
+        the target. Names cannot tell (realpath does not show mounts); the filesystem can: the
+        same major:minor, and the target's place in that filesystem (the mount's `root` plus the
+        rest of the path) at, under or above the protected path's place in it."""
+        if not self.protected:
+            return
+        if mounts is None:
+            mounts = _mountinfo(shown)
+        here = _place(str(real), mounts)
+        if here is None:
+            raise UnsafeOperation(f"no mount holds {shown} in /proc/self/mountinfo")
+        for protected in self.protected:
+            there = _place(str(protected), mounts)
+            if there is None or there[0] != here[0]:
+                continue
+            if _related(here[1], there[1]):
+                raise UnsafeOperation(f"refusing to touch {shown}: its mount exposes protected path {protected} "
+                                      f"({here[0]}:{here[1]})")
+
+
+def _place(path: str, mounts: list[MountInfo]) -> tuple[str, str] | None:
+    """Where `path` (absolute and normalised; its symlinks already resolved, or meant to be judged
+    as links) lies in its filesystem: (major:minor, path from that filesystem's root), through
+    the mount that holds it."""
+    mount = mount_holding(path, mounts)
+    if mount is None:
+        return None
+    rest = os.path.relpath(path, mount.mount_point)
+    return mount.major_minor, posixpath.normpath(posixpath.join(mount.root, "" if rest == "." else rest))
+
+
+def _related(a: str, b: str) -> bool:
+    """The same place, or one inside the other."""
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_dir(real: str, mounts: list[MountInfo]) -> int:
+    """Open the resolved directory `real` one component at a time from `/`, never following a
+    symlink (one made since realpath() looked is refused), and check that the fd is on the mount
+    `mounts` says holds `real`. A mount made on it or above it since `mounts` was read is
+    refused; one made after this returns is not followed, since every later step is relative
+    to the fd. FileNotFoundError when a component is gone."""
+    expected = mount_holding(real, mounts)
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        for name in [part for part in real.split("/") if part]:
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as err:
+                if err.errno == errno.ELOOP:
+                    raise UnsafeOperation(f"{real} holds a symlink that was not there when it was resolved") from err
+                raise
+            os.close(fd)
+            fd = child
+        if expected is None or mount_id(fd) != expected.mount_id:
+            raise UnsafeOperation(f"the mount holding {real} changed since it was checked")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def atomic_write(guard: Guard, path: str | Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so readers see the old or the new file, never a torn one."""
+    """Replace `path` with `data` so readers see the old or the new file, never a torn one.
+
+    The temp file is made, and renamed over the target, relative to the target's directory fd
+    (opened and mount-checked by _open_dir), so a mount made on that directory in between never
+    receives the temp file nor the rename."""
     target = Path(path)
-    guard.check(target)
-    directory = target.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    mounts = _mountinfo(target)
+    guard.check(target, mounts)  # what a symlink at `path` points to, as before
+    guard.check_entry(target, mounts)  # and the directory the rename really happens in
+    dir_fd = _open_dir(os.path.realpath(target.parent), mounts)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.rename(tmp, target)
-    except BaseException:
+        tmp = f".{target.name}.{secrets.token_hex(6)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=dir_fd)
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fchmod(handle.fileno(), mode)
+                os.fsync(handle.fileno())
+            os.rename(tmp, target.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+            raise
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
 
-def remove_file(guard: Guard, path: str | Path) -> bool:
-    """Unlink one file (or symlink itself, never its target); False if it was already gone."""
-    target = guard.check_entry(path)
+def _mountinfo(shown: str | Path) -> list[MountInfo]:
     try:
-        st = os.lstat(target)
+        return read_mountinfo()
+    except OSError as err:  # no /proc: the mount cannot be told, so nothing is changed
+        raise UnsafeOperation(f"cannot tell which mount holds {shown}: {err}") from err
+
+
+def remove_file(guard: Guard, path: str | Path) -> bool:
+    """Unlink one file (or symlink itself, never its target); False if it was already gone.
+
+    The unlink is relative to the parent's fd (opened and mount-checked by _open_dir), never by
+    path: a mount made on the parent after the check does not redirect it."""
+    mounts = _mountinfo(path)
+    target = guard.check_entry(path, mounts)
+    try:
+        dir_fd = _open_dir(str(target.parent), mounts)
     except FileNotFoundError:
         return False
-    if stat.S_ISDIR(st.st_mode):
-        raise UnsafeOperation(f"{target} is a directory; use remove_tree")
-    os.unlink(target)
-    _fsync_dir(target.parent)
+    try:
+        try:
+            st = os.stat(target.name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            raise UnsafeOperation(f"{target} is a directory; use remove_tree")
+        try:
+            os.unlink(target.name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return False
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
     return True
 
 
@@ -115,7 +221,8 @@ def remove_tree(guard: Guard, path: str | Path) -> list[str]:
     Returns the paths removed, deepest first.
     """
     top = Path(path)
-    guard.check(top)
+    mounts = _mountinfo(top)
+    guard.check(top, mounts)
     try:
         top_st = os.lstat(top)
     except FileNotFoundError:
@@ -126,25 +233,19 @@ def remove_tree(guard: Guard, path: str | Path) -> list[str]:
     # now, so the common case removes nothing at all. Mounts made after this look are caught by
     # the walk itself (_RemovalWalk.enter).
     real_top = os.path.realpath(top)
-    mounts = read_mountinfo()
     for mount in mounts:
         if mount.mount_point == real_top or mount.mount_point.startswith(real_top.rstrip("/") + "/"):
             raise UnsafeOperation(f"{mount.mount_point} is a mount point inside {top}")
-    home = mount_for(real_top, mounts)
     try:
-        parent_fd = os.open(os.path.dirname(real_top), _DIR_FLAGS)
+        # A mount on an ancestor made since the look above would move the whole walk elsewhere:
+        # _open_dir refuses it.
+        parent_fd = _open_dir(os.path.dirname(real_top), mounts)
     except FileNotFoundError:
         return []
     try:
-        # A mount on an ancestor made since the look above would move the whole walk elsewhere.
-        if home is None or mount_id(parent_fd) != home.mount_id:
-            raise UnsafeOperation(f"the mount holding {top} changed before its removal")
         return _RemovalWalk(top, parent_fd, top_st).run(os.path.basename(real_top))
     finally:
         os.close(parent_fd)
-
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def mount_id(fd: int) -> int:
@@ -311,7 +412,36 @@ class _RemovalWalk:
 
 
 def ensure_dir(guard: Guard, path: str | Path, mode: int = 0o755) -> None:
-    """Create a directory (and parents) unless it exists; never inside a protected path."""
+    """Create a directory (and parents) unless it exists; never inside a protected path.
+
+    Like `mkdir -p`, but each missing level is made and opened relative to the one above it,
+    starting from the deepest existing ancestor opened and mount-checked by _open_dir, and each
+    new level must stay on that mount: a mount made meanwhile gets no directory made in it."""
     target = Path(path)
-    guard.check(target)
-    target.mkdir(mode=mode, parents=True, exist_ok=True)
+    mounts = _mountinfo(target)
+    real = Path(guard.check(target, mounts))
+    existing, missing = real, []
+    while not os.path.lexists(existing):
+        missing.insert(0, existing.name)
+        existing = existing.parent
+    fd = _open_dir(str(existing), mounts)
+    try:
+        mount = mount_id(fd)
+        for n, name in enumerate(missing):
+            try:  # intermediate levels get the default mode, as Path.mkdir(parents=True) gives them
+                os.mkdir(name, mode if n == len(missing) - 1 else 0o777, dir_fd=fd)
+            except FileExistsError:
+                pass
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as err:
+                if err.errno == errno.ELOOP:
+                    raise UnsafeOperation(f"{existing / name} became a symlink while {target} was made") from err
+                raise
+            os.close(fd)
+            fd = child
+            existing = existing / name
+            if mount_id(fd) != mount:
+                raise UnsafeOperation(f"{existing} is a mount point made while {target} was made")
+    finally:
+        os.close(fd)
