@@ -17,6 +17,7 @@ from nodemedic.detector.matcher import Matcher, as_text
 from nodemedic.detector.signatures import load_catalogue
 from nodemedic.durations import format_duration
 from nodemedic.flows import commands as flow_commands
+from nodemedic.flows import mirrors_cli
 from nodemedic.hostroot import HostRoot
 
 EXIT_OK = 0
@@ -299,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_forget)
 
     flow_commands.add_parsers(sub)
+    mirrors_cli.add_parsers(sub)
 
     p = sub.add_parser("run", help="run the resident daemon (systemd Type=notify)")
     p.set_defaults(func=cmd_run)

@@ -15,6 +15,7 @@ from pathlib import Path
 from nodemedic.config import Settings
 from nodemedic.engine.policy import Gate
 from nodemedic.engine.state import EngineState, ProblemRecord
+from nodemedic.flows.mirrors_config import doctor_report
 from nodemedic.hostroot import HostRoot
 from nodemedic.probes.cri import CriClient, CriError
 from nodemedic.repairs import cni, imagefs, ingest, sysctl
@@ -134,8 +135,20 @@ def _snapshot_links(ctx: RepairContext) -> Finding:
     return Finding("containerd snapshots", True, "no dangling snapshot links")
 
 
+def _registry_mirrors(ctx: RepairContext) -> Finding:
+    """Deprecated registry mirrors in config.toml (removal planned for containerd 2.4)."""
+    shown = ctx.settings.paths.containerd_config
+    path = ctx.node_path(shown)
+    try:
+        text = path.read_text() if path.exists() else None
+    except (OSError, UnicodeDecodeError) as err:
+        return Finding("registry mirrors", False, f"cannot read {shown}: {err}")
+    ok, detail = doctor_report(text, shown)
+    return Finding("registry mirrors", ok, detail)
+
+
 def _host_checks(ctx: RepairContext) -> list[Finding]:
-    findings = [_containerd_root(ctx), _snapshot_links(ctx)]
+    findings = [_containerd_root(ctx), _snapshot_links(ctx), _registry_mirrors(ctx)]
     stale = ingest.stale_entries(ctx)
     findings.append(Finding("content ingest", not stale, f"{len(stale)} stale partial download(s)" if stale
                             else "no stale partial downloads", "ingest-stale" if stale else ""))

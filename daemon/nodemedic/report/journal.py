@@ -49,6 +49,13 @@ class Kind(Enum):
     JOIN_CLEANUP = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f45"
     JOIN_SUCCEEDED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f46"
     JOIN_EXHAUSTED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f47"
+    # `nodemedic mirrors migrate`
+    MIRRORS_REFUSED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f60"
+    MIRRORS_STARTED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f61"
+    MIRRORS_STEP = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f62"
+    MIRRORS_DONE = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f63"
+    MIRRORS_ROLLED_BACK = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f64"
+    MIRRORS_ROLLBACK_INCOMPLETE = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f65"
 
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
