@@ -12,31 +12,21 @@ import time
 from dataclasses import dataclass
 
 import tomlkit
-from tomlkit.items import Table
 
+from nodemedic.probes import containerd_config
 from nodemedic.probes.cri import CriError
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.safety import atomic_write
 from nodemedic.repairs.step import StepClass
 
-# config version 2 (containerd 1.x) and version 3 (containerd 2.x) paths to runc's options
-RUNC_OPTIONS = {
-    2: ("plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes", "runc", "options"),
-    3: ("plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes", "runc", "options"),
-}
-
 
 def set_systemd_cgroup(text: str) -> tuple[str, bool]:
-    """The config with SystemdCgroup = true, and whether anything changed."""
+    """The config with SystemdCgroup = true for runc, and whether anything changed. The table is
+    the one the file's own version names (containerd_config.layout): a version 2 file on
+    containerd 2.x is edited as version 2, which 2.x migrates when it loads it."""
     document = tomlkit.parse(text)
-    version = int(document.get("version", 2))
-    path = RUNC_OPTIONS.get(version, RUNC_OPTIONS[2])
-    table = document
-    for key in path:
-        if key not in table:
-            table[key] = tomlkit.table(is_super_table=True)
-        table = table[key]
-        assert isinstance(table, Table | tomlkit.TOMLDocument)
+    version = containerd_config.edit_version(document)
+    table = containerd_config.table_at(document, containerd_config.layout(version).runc_options)
     if table.get("SystemdCgroup") is True:
         return text, False
     table["SystemdCgroup"] = True
