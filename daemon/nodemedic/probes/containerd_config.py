@@ -2,12 +2,12 @@
 
 The same setting sits under different tables depending on the file's `version` key:
 
-| setting            | version 1 (1.x)              | version 2 (1.x, 2.x migrates)          | version 3 (2.x)                                   |
-|--------------------|------------------------------|----------------------------------------|---------------------------------------------------|
-| runtimes (runc)    | plugins.cri.containerd       | plugins."io.containerd.grpc.v1.cri".containerd | plugins."io.containerd.cri.v1.runtime".containerd |
-| CNI                | plugins.cri.cni              | plugins."io.containerd.grpc.v1.cri".cni | plugins."io.containerd.cri.v1.runtime".cni        |
-| snapshotter        | plugins.cri.containerd       | plugins."io.containerd.grpc.v1.cri".containerd | plugins."io.containerd.cri.v1.images"             |
-| registry           | plugins.cri.registry         | plugins."io.containerd.grpc.v1.cri".registry | plugins."io.containerd.cri.v1.images".registry    |
+- version 1 (containerd 1.x; a file without `version`): plugins.cri.{containerd,cni,registry};
+  the snapshotter is plugins.cri.containerd.snapshotter.
+- version 2 (1.x; 2.x migrates it): the same under plugins."io.containerd.grpc.v1.cri".
+- version 3 (2.x): runtimes and CNI under plugins."io.containerd.cri.v1.runtime".{containerd,cni};
+  snapshotter and registry under plugins."io.containerd.cri.v1.images" (the grpc.v1.cri plugin
+  keeps only the streaming server).
 
 It is the file's version that decides, not the daemon's: containerd 2.x reads a version 2 file
 (it logs "Configuration migrated from version 2"), and Debian's containerd 2.1.9 package still
