@@ -244,6 +244,7 @@ class Migrate:
         self.bus = FlowBus()
         self.timeout = settings.policy.step_timeout
         self.restarted = False
+        self.cri_class = ImageCri  # the client class; tests put an in-process stand-in here
         self.tx = Transaction(lambda what: report.event(Kind.MIRRORS_STEP, what, step=what))
 
     async def run(self, skip_pull: bool) -> int:
@@ -255,7 +256,7 @@ class Migrate:
         except Exception as err:  # noqa: BLE001 - nothing changed yet: report and refuse
             return self._refused(f"cannot reach systemd over D-Bus: {err}")
         try:
-            async with daemon_paused(self.report), ImageCri(self.socket) as cri:
+            async with daemon_paused(self.report), self.cri_class(self.socket) as cri:
                 try:
                     await self._before(cri, skip_pull)
                     await self._steps(cri)
@@ -310,6 +311,9 @@ class Migrate:
             tx.did(f"wrote {path}", self._remove(path))
         atomic_write(self.guard, plan.backup, plan.old_text.encode(), mode=plan.mode)
         tx.did(f"backed up {plan.shown} to {plan.backup}")
+        if plan.dropped:
+            self.report.say("comments inside the moved tables go with them (the backup keeps them): "
+                            + " | ".join(plan.dropped))
         atomic_write(self.guard, plan.config, plan.new_text.encode(), mode=plan.mode)
         tx.did(f"edited {plan.shown}: mirrors and configs.*.tls removed, config_path set", self._restore_config)
         self.restarted = True
@@ -361,7 +365,7 @@ class Migrate:
         if not self.restarted:
             return
         await self.bus.job("RestartUnit", CONTAINERD, self.timeout)
-        async with ImageCri(self.socket) as cri:
+        async with self.cri_class(self.socket) as cri:
             if not await self._runtime_ready(cri):
                 raise RuntimeError(f"{CONTAINERD} does not answer CRI after the restart on the old configuration")
 

@@ -14,24 +14,21 @@ to load its CRI plugin when either is set together with `config_path`), `configs
 `auths` (no hosts.toml equivalent by design: credentials belong in ImagePullSecrets; they still
 work beside `config_path`, so a migration keeps them).
 
-(A minimal "which config version, where do settings live" of its own: the shared probe module
-for that did not exist when this was written.)
+Which version a file is and where its registry table lives comes from probes.containerd_config.
 """
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
-# Registry table per config version.
-REGISTRY_TABLE: dict[int, tuple[str, ...]] = {
-    1: ("plugins", "cri", "registry"),
-    2: ("plugins", "io.containerd.grpc.v1.cri", "registry"),
-    3: ("plugins", "io.containerd.cri.v1.images", "registry"),
-}
+from nodemedic.probes import containerd_config
+from nodemedic.probes.containerd_config import ContainerdConfigError
+
 DEFAULT_CONFIG_PATH = "/etc/containerd/certs.d"
 # What configs.<host>.tls may hold (containerd 1.x TLSConfig) and what hosts.toml calls it.
 TLS_FIELDS = ("ca_file", "cert_file", "key_file", "insecure_skip_verify")
@@ -85,28 +82,16 @@ def parse(text: str, source: str = "config.toml") -> tomlkit.TOMLDocument:
         raise MalformedConfig(f"{source} is not valid TOML: {err}") from None
 
 
-def config_version(document: tomlkit.TOMLDocument) -> int:
-    """containerd reads a file without `version` as version 1."""
-    version = document.get("version", 1)
-    if not isinstance(version, int) or version not in REGISTRY_TABLE:
-        raise MalformedConfig(f"unknown config version {version!r} (containerd knows 1, 2 and 3)")
-    return version
-
-
-def _table(document: Any, path: tuple[str, ...]) -> Any:
-    node = document
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
-def read_registry(document: tomlkit.TOMLDocument) -> RegistrySettings:
-    version = config_version(document)
-    table = REGISTRY_TABLE[version]
-    settings = RegistrySettings(version, table)
-    registry = _table(document, table)
+def registry_settings(text: str, source: str = "config.toml") -> RegistrySettings:
+    try:
+        config = containerd_config.parse(text, source)
+    except ContainerdConfigError as err:
+        if isinstance(err.__cause__, tomllib.TOMLDecodeError):
+            raise MalformedConfig(f"{source} is not valid TOML: {err.__cause__}") from None
+        raise MalformedConfig(f"{source}: {err}") from None
+    table = config.layout.registry
+    settings = RegistrySettings(config.version, table)
+    registry = config.get(table)
     if registry is None:
         return settings
     if not isinstance(registry, dict):
@@ -114,23 +99,22 @@ def read_registry(document: tomlkit.TOMLDocument) -> RegistrySettings:
     config_path = registry.get("config_path", "")
     if not isinstance(config_path, str):
         raise MalformedConfig(f"{dotted(table)}.config_path is not a string")
-    settings.config_path = str(config_path)
+    settings.config_path = config_path
     for name, mirror in _mapping(registry, "mirrors", table).items():
         endpoints = mirror.get("endpoint", []) if isinstance(mirror, dict) else None
         if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
             raise MalformedConfig(f"{dotted(table)}.mirrors.\"{name}\".endpoint is not a list of strings")
-        settings.mirrors[str(name)] = [str(e) for e in endpoints]
-    for host, config in _mapping(registry, "configs", table).items():
-        if not isinstance(config, dict):
+        settings.mirrors[name] = list(endpoints)
+    for host, config_table in _mapping(registry, "configs", table).items():
+        if not isinstance(config_table, dict):
             raise MalformedConfig(f"{dotted(table)}.configs.\"{host}\" is not a table")
-        if "tls" in config:
-            tls = config["tls"]
-            if not isinstance(tls, dict):
+        if "tls" in config_table:
+            if not isinstance(config_table["tls"], dict):
                 raise MalformedConfig(f"{dotted(table)}.configs.\"{host}\".tls is not a table")
-            settings.tls[str(host)] = dict(tls.unwrap() if hasattr(tls, "unwrap") else tls)
-        if "auth" in config:
-            settings.auth_hosts.append(str(host))
-    settings.auths = [str(k) for k in _mapping(registry, "auths", table)]
+            settings.tls[host] = dict(config_table["tls"])
+        if "auth" in config_table:
+            settings.auth_hosts.append(host)
+    settings.auths = list(_mapping(registry, "auths", table))
     return settings
 
 
@@ -139,10 +123,6 @@ def _mapping(registry: dict[str, Any], key: str, table: tuple[str, ...]) -> dict
     if not isinstance(value, dict):
         raise MalformedConfig(f"{dotted(table)}.{key} is not a table")
     return value
-
-
-def registry_settings(text: str, source: str = "config.toml") -> RegistrySettings:
-    return read_registry(parse(text, source))
 
 
 def doctor_report(text: str | None, source: str) -> tuple[bool, str]:

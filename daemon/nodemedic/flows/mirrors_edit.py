@@ -14,7 +14,7 @@ import copy
 from typing import Any
 
 import tomlkit
-from tomlkit.items import Table
+from tomlkit.items import String, StringType, Table
 
 from nodemedic.flows.mirrors_config import MalformedConfig, RegistrySettings, dotted, parse
 
@@ -52,20 +52,32 @@ def _indent_of(registry: Any) -> int:
     return _leaf_indent(registry, dotted_only=False) or 0
 
 
+def _remove_moved(registry: Any) -> None:
+    """Drop a non-empty `mirrors` and every `configs.<host>.tls`, and the tables only those made
+    non-empty (an empty table the operator or `containerd config default` wrote stays)."""
+    if registry.get("mirrors"):
+        del registry["mirrors"]
+    configs = registry.get("configs")
+    if not configs:
+        return
+    emptied = False
+    for host in list(configs):
+        if "tls" in configs[host]:
+            del configs[host]["tls"]
+            if not configs[host]:
+                del configs[host]
+                emptied = True
+    if emptied and not configs:
+        del registry["configs"]
+
+
 def _strip(data: dict[str, Any], settings: RegistrySettings, config_path: str) -> dict[str, Any]:
     """What the new file must mean, from what the old one meant."""
     expected = copy.deepcopy(data)
     registry = expected
     for key in settings.table:
         registry = registry.setdefault(key, {})
-    registry.pop("mirrors", None)
-    configs = registry.get("configs", {})
-    for host in list(configs):
-        configs[host].pop("tls", None)
-        if not configs[host]:
-            del configs[host]
-    if "configs" in registry and not configs:
-        del registry["configs"]
+    _remove_moved(registry)
     registry["config_path"] = config_path
     return expected
 
@@ -76,19 +88,12 @@ def migrate_text(text: str, settings: RegistrySettings, config_path: str) -> str
     registry: Any = document
     for key in settings.table:
         registry = registry[key]
-    if "mirrors" in registry:
-        del registry["mirrors"]
-    if "configs" in registry:
-        configs = registry["configs"]
-        for host in list(configs):
-            if "tls" in configs[host]:
-                del configs[host]["tls"]
-                if not configs[host]:
-                    del configs[host]
-        if not configs:
-            del registry["configs"]
+    _remove_moved(registry)
     if "config_path" in registry:
-        registry["config_path"] = config_path  # replaced in place: its line and comment stay
+        # Replaced in place (its line and comment stay), in the quotes the file used: 2.x writes ''.
+        old = registry.item("config_path")
+        literal = isinstance(old, String) and old.type == StringType.SLL
+        registry["config_path"] = tomlkit.string(config_path, literal=literal)
     else:
         indent = _indent_of(registry)  # before the add: the new key must not measure itself
         registry.add("config_path", config_path)

@@ -5,6 +5,7 @@ catalog, no tag list, no content negotiation, one process, files under one direc
     GET/HEAD /v2/                              200 {}
     GET/HEAD /v2/<name>/manifests/<tag|digest> the manifest, Content-Type = its mediaType
     GET/HEAD /v2/<name>/blobs/<digest>         the blob; a `Range: bytes=N-` gets 206 + Content-Range
+    (a query string, such as the `?ns=<registry>` of a hosts.toml mirror, is ignored and logged)
 
 every answer with Content-Length and, for content, Docker-Content-Digest (containerd resolves a
 tag with HEAD and takes the digest from that header) — and Range, because containerd resumes a
@@ -87,10 +88,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send(status, {"Content-Type": "application/json"}, body, send_body)
 
     def _serve(self, body: bool) -> None:
-        if self.path in ("/v2/", "/v2"):
+        # A query is ignored, as a registry does, but logged: containerd names the registry a
+        # hosts.toml mirror stands in for with `?ns=<registry>` (config.toml's old mirrors did not).
+        path = self.path.split("?", 1)[0]
+        if path in ("/v2/", "/v2"):
             self._send(200, {"Content-Type": "application/json"}, b"{}", body)
             return
-        route = _ROUTE.match(self.path)
+        route = _ROUTE.match(path)
         if not route:
             self._error(404, "NAME_UNKNOWN", "not served by this stand-in", body)
             return

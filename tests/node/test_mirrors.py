@@ -1,0 +1,214 @@
+"""`nodemedic mirrors migrate` in a real node (issue 13, item 4): an operator's config.toml with
+comments and a deprecated `registry.mirrors` entry for a registry name that never resolves
+(`registry.example.invalid`, RFC 6761), mirrored to the registry stand-in on localhost:5000.
+
+What proves the pull went through the mirror, and through which configuration: the stand-in logs
+every request. containerd's old CRI mirrors ask the endpoint for `/v2/<name>/manifests/<tag>`;
+a hosts.toml mirror adds `?ns=registry.example.invalid` (containerd docs/hosts.md). The upstream
+itself cannot answer at all: the node has only `lo`, and the name does not exist.
+
+And the refusals: a malformed config.toml, and a hosts.toml already there with other settings,
+leave /etc/containerd byte for byte as it was and containerd untouched (same main PID).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.node.test_ladders_ingest_pull import cri_images
+from tests.node.testbed import images
+from tests.node.testbed.node import Node
+from tests.node.testbed.registry import HOST, Registry
+
+pytestmark = pytest.mark.node
+
+CONFIG = "/etc/containerd/config.toml"
+CERTS = "/etc/containerd/certs.d"
+UPSTREAM = "registry.example.invalid"
+NAMESPACE = f"{CERTS}/{UPSTREAM}"
+IMAGE = f"{UPSTREAM}/nmtest/mirror-standin:1"
+# Debian's stock config.toml, as an operator grew it: comments everywhere, a mirror in the old
+# style (with a comment of its own, inside the table that moves), credentials for the registry
+# (which must stay: hosts.toml cannot hold them).
+OPERATOR_CONFIG = f"""\
+# containerd configuration for this node -- maintained by the platform team, edit with care.
+version = 2
+
+[plugins]
+  # CRI: the kubelet talks to this plugin
+  [plugins."io.containerd.grpc.v1.cri"]
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "/usr/lib/cni"  # Debian's CNI plugins
+      conf_dir = "/etc/cni/net.d"
+    # Registries: everything from {UPSTREAM} comes from the local pull-through cache.
+    [plugins."io.containerd.grpc.v1.cri".registry]
+      [plugins."io.containerd.grpc.v1.cri".registry.mirrors]
+        [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{UPSTREAM}"]
+          # the cache on this host (ticket OPS-1234)
+          endpoint = ["http://{HOST}"]
+      [plugins."io.containerd.grpc.v1.cri".registry.configs."{UPSTREAM}".auth]
+        username = "robot"
+        password = "not-a-real-secret"
+  # optional plugins live here
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "/var/lib/containerd/opt"
+"""
+MOVED_COMMENT = "# the cache on this host (ticket OPS-1234)"
+
+
+@dataclass(frozen=True)
+class Bed:
+    node: Node
+    registry: Registry
+    image: images.OciImage
+
+
+def main_pid(node: Node) -> int:
+    return node.unit_state("containerd.service").main_pid
+
+
+def restart_containerd(node: Node) -> None:
+    node.systemctl("restart", "containerd.service")
+    node.wait_for(lambda: node.cri_status().runtime_ready, timeout=60, what="containerd back over CRI")
+
+
+def migrate(node: Node, *args: str) -> tuple[int, str]:
+    done = node.run(["nodemedic", "mirrors", "migrate", *args], check=False, timeout=600)
+    return done.returncode, done.stdout + done.stderr
+
+
+def text(node: Node, path: str) -> str:
+    return node.read_file(path).decode()
+
+
+def backups(node: Node) -> list[str]:
+    return node.run(["find", "/etc/containerd", "-maxdepth", "1", "-name", "config.toml.nodemedic-*.bak"]
+                    ).stdout.split()
+
+
+def registry_finding(node: Node) -> dict:
+    out = node.run(["nodemedic", "doctor", "--json"], check=False, timeout=120).stdout
+    return next(f for f in json.loads(out)["findings"] if f["check"] == "registry mirrors")
+
+
+@pytest.fixture
+def bed(node: Node) -> Iterator[Bed]:
+    """The stand-in serving a one-layer image as nmtest/mirror-standin:1; the node's own
+    config.toml, certs.d and images are put back afterwards."""
+    original = node.read_file(CONFIG)
+    image = images.oci_image({"bin/busybox": (node.read_file(images.BUSYBOX), 0o755)}, ["/bin/busybox", "true"])
+    registry = Registry(node)
+    registry.publish("nmtest/mirror-standin", "1", image)
+    registry.start()
+    try:
+        yield Bed(node, registry, image)
+    finally:
+        cri_images(node, "remove", IMAGE)
+        registry.stop()
+        node.run(["rm", "-rf", "--", CERTS, *backups(node)])
+        if node.read_file(CONFIG) != original:
+            node.write_file(CONFIG, original)
+            restart_containerd(node)
+
+
+def test_migrate_keeps_the_operators_config_and_pulls_through_the_mirror(bed: Bed):
+    node, registry = bed.node, bed.registry
+    node.write_file(CONFIG, OPERATOR_CONFIG)
+    cursor = node.cursor()
+    restart_containerd(node)
+    # containerd 1.6.20 loaded the old mirrors, and says they are deprecated.
+    node.wait_for_journal("`mirrors` is deprecated, please use `config_path` instead", unit="containerd.service",
+                          since=cursor)
+    finding = registry_finding(node)
+    assert not finding["ok"] and "registry.mirrors" in finding["detail"] and UPSTREAM in finding["detail"], finding
+
+    # The dry run changes nothing and shows the plan.
+    before = node.checksum_tree("/etc/containerd")
+    code, out = migrate(node, "--dry-run", "--verify-image", IMAGE)
+    assert code == 0, out
+    assert f"write {NAMESPACE}/hosts.toml" in out and "not-a-real-secret" not in out, out
+    assert MOVED_COMMENT in out  # named: it goes with the mirror's table
+    assert node.checksum_tree("/etc/containerd") == before
+
+    pid = main_pid(node)
+    served = node.cursor()
+    code, out = migrate(node, "--verify-image", IMAGE)
+    assert code == 0, out
+
+    # config.toml: every comment and setting of the operator's kept, except the mirror table
+    # (and the comment inside it, which the plan named); config_path set; the backup is the old file.
+    new = text(node, CONFIG)
+    old_lines = [line for line in OPERATOR_CONFIG.splitlines() if ".mirrors" not in line
+                 and "endpoint =" not in line and line.strip() != MOVED_COMMENT]
+    assert [line for line in new.splitlines() if "config_path" not in line] == old_lines, new
+    assert MOVED_COMMENT in out
+    cri = tomllib.loads(new)["plugins"]["io.containerd.grpc.v1.cri"]
+    assert cri["registry"] == {"config_path": CERTS,
+                               "configs": {UPSTREAM: {"auth": {"username": "robot", "password": "not-a-real-secret"}}}}
+    [backup] = backups(node)
+    assert text(node, backup) == OPERATOR_CONFIG
+    assert "not-a-real-secret" not in out
+
+    # hosts.toml says what the old mirror did.
+    hosts = tomllib.loads(text(node, f"{NAMESPACE}/hosts.toml"))
+    assert hosts == {"server": f"https://{UPSTREAM}", "host": {f"http://{HOST}": {"capabilities": ["pull", "resolve"]}}}
+
+    # containerd was restarted, and runs without the deprecated setting.
+    assert main_pid(node) != pid
+    assert node.unit_state("containerd.service").active_state == "active"
+    assert not [m for m in node.messages(unit="containerd.service", since=served) if "`mirrors` is deprecated" in m]
+
+    # The flow's own pulls: the one before went through the old mirror config (no ns), the one
+    # after through hosts.toml (?ns=...).
+    manifests = [m for m in registry.requests(since=served) if "/manifests/1" in m]
+    assert any("?ns=" not in m for m in manifests), manifests
+    assert f"/v2/nmtest/mirror-standin/manifests/1?ns={UPSTREAM}" in "".join(manifests), manifests
+
+    # And an independent CRI PullImage of the image, removed first so every blob is fetched again.
+    assert cri_images(node, "remove", IMAGE) == {}
+    since = node.cursor()
+    pulled = cri_images(node, "pull", IMAGE, "120")
+    assert "image_ref" in pulled, pulled
+    fetched = registry.requests(since=since)
+    layer = bed.image.layer.digest
+    assert any(f"/blobs/{layer}?ns={UPSTREAM}" in m and '" 200 ' in m for m in fetched), fetched
+    assert IMAGE in cri_images(node, "list", IMAGE)["tags"]
+
+    assert registry_finding(node)["ok"]
+    # Run again: nothing left to migrate.
+    code, out = migrate(node)
+    assert code == 0 and "nothing to migrate" in out, out
+
+
+def test_malformed_config_is_refused_and_nothing_changes(bed: Bed):
+    node = bed.node
+    broken = OPERATOR_CONFIG.replace('[plugins."io.containerd.internal.v1.opt"]', '[plugins."io.containerd.internal')
+    node.write_file(CONFIG, broken)
+    before, pid = node.checksum_tree("/etc/containerd"), main_pid(node)
+    code, out = migrate(node, "--verify-image", IMAGE)
+    assert code == 5, out
+    assert "is not valid TOML" in out and "nothing changed" in out, out
+    assert node.checksum_tree("/etc/containerd") == before
+    assert text(node, CONFIG) == broken
+    assert main_pid(node) == pid
+    assert not [m for m in bed.registry.requests() if m.startswith(("GET ", "HEAD "))], "refused before any pull"
+
+
+def test_conflicting_hosts_toml_is_refused_and_nothing_changes(bed: Bed):
+    node = bed.node
+    node.write_file(CONFIG, OPERATOR_CONFIG)
+    theirs = (f'server = "https://{UPSTREAM}"\n\n'
+              '[host."https://other-cache.example.invalid"]\n  capabilities = ["pull"]\n')
+    node.write_file(f"{NAMESPACE}/hosts.toml", theirs)
+    before, pid = node.checksum_tree("/etc/containerd"), main_pid(node)
+    code, out = migrate(node, "--verify-image", IMAGE)
+    assert code == 5, out
+    assert f"{NAMESPACE}/hosts.toml exists with other settings" in out and "nothing changed" in out, out
+    assert node.checksum_tree("/etc/containerd") == before
+    assert text(node, f"{NAMESPACE}/hosts.toml") == theirs
+    assert main_pid(node) == pid
