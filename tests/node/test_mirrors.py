@@ -2,10 +2,12 @@
 comments and a deprecated `registry.mirrors` entry for a registry name that never resolves
 (`registry.example.invalid`, RFC 6761), mirrored to the registry stand-in on localhost:5000.
 
-What proves the pull went through the mirror, and through which configuration: the stand-in logs
-every request. containerd's old CRI mirrors ask the endpoint for `/v2/<name>/manifests/<tag>`;
-a hosts.toml mirror adds `?ns=registry.example.invalid` (containerd docs/hosts.md). The upstream
-itself cannot answer at all: the node has only `lo`, and the name does not exist.
+What proves the pull went through the mirror, and through hosts.toml: the upstream cannot answer
+at all (the node has only `lo`, and the name does not exist), the stand-in logs every request
+(containerd names the registry it stands in for with `?ns=registry.example.invalid`, with the old
+mirrors and with hosts.toml alike), containerd no longer runs with `mirrors` (no deprecation line
+at its restart, CRI Status shows configPath and no mirrors), and with hosts.toml moved away for
+a moment the same pull fails.
 
 And the refusals: a malformed config.toml, and a hosts.toml already there with other settings,
 leave /etc/containerd byte for byte as it was and containerd untouched (same main PID).
@@ -162,15 +164,22 @@ def test_migrate_keeps_the_operators_config_and_pulls_through_the_mirror(bed: Be
     assert main_pid(node) != pid
     assert node.unit_state("containerd.service").active_state == "active"
     assert not [m for m in node.messages(unit="containerd.service", since=served) if "`mirrors` is deprecated" in m]
+    # containerd's own view, as the flow read it over CRI Status: 1.x shows its registry config,
+    # 2.x lists its deprecations instead.
+    assert (f"containerd's effective config: configPath {CERTS}, no mirrors" in out
+            or "containerd reports no registry mirror deprecation" in out), out
 
-    # The flow's own pulls: the one before went through the old mirror config (no ns), the one
-    # after through hosts.toml (?ns=...).
+    # The flow's own pulls, before and after, both went to the stand-in for the upstream's name.
     manifests = [m for m in registry.requests(since=served) if "/manifests/1" in m]
-    assert any("?ns=" not in m for m in manifests), manifests
     assert f"/v2/nmtest/mirror-standin/manifests/1?ns={UPSTREAM}" in "".join(manifests), manifests
 
-    # And an independent CRI PullImage of the image, removed first so every blob is fetched again.
+    # An independent CRI PullImage, the image removed first so every blob is fetched again: it
+    # goes through the mirror, and only because of hosts.toml.
     assert cri_images(node, "remove", IMAGE) == {}
+    node.run(["mv", f"{NAMESPACE}/hosts.toml", f"{NAMESPACE}/hosts.toml.away"])
+    failed = cri_images(node, "pull", IMAGE, "120")
+    node.run(["mv", f"{NAMESPACE}/hosts.toml.away", f"{NAMESPACE}/hosts.toml"])
+    assert "error" in failed and UPSTREAM in failed["error"], failed
     since = node.cursor()
     pulled = cri_images(node, "pull", IMAGE, "120")
     assert "image_ref" in pulled, pulled
@@ -189,14 +198,14 @@ def test_malformed_config_is_refused_and_nothing_changes(bed: Bed):
     node = bed.node
     broken = OPERATOR_CONFIG.replace('[plugins."io.containerd.internal.v1.opt"]', '[plugins."io.containerd.internal')
     node.write_file(CONFIG, broken)
-    before, pid = node.checksum_tree("/etc/containerd"), main_pid(node)
+    before, pid, cursor = node.checksum_tree("/etc/containerd"), main_pid(node), node.cursor()
     code, out = migrate(node, "--verify-image", IMAGE)
     assert code == 5, out
     assert "is not valid TOML" in out and "nothing changed" in out, out
     assert node.checksum_tree("/etc/containerd") == before
     assert text(node, CONFIG) == broken
     assert main_pid(node) == pid
-    assert not [m for m in bed.registry.requests() if m.startswith(("GET ", "HEAD "))], "refused before any pull"
+    assert not [m for m in bed.registry.requests(since=cursor) if m.startswith(("GET ", "HEAD "))], "pulled"
 
 
 def test_conflicting_hosts_toml_is_refused_and_nothing_changes(bed: Bed):

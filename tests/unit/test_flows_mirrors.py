@@ -377,6 +377,9 @@ def cri_stand_in(pulls: list[str], fail_after_restart: bool, bus: BusStandIn) ->
         async def status(self) -> CriStatus:
             return CriStatus(True, "", "", True, "", "")
 
+        async def deprecations(self) -> dict[str, str] | None:
+            return None  # containerd 1.x
+
         async def status_info(self) -> dict[str, str]:
             return {"config": json.dumps({"registry": {"configPath": CERTS, "mirrors": None}})}
 

@@ -52,6 +52,9 @@ from nodemedic.repairs.safety import Guard, UnsafeOperation, atomic_write, ensur
 from nodemedic.report.journal import ERR, NOTICE, WARNING, Kind
 
 PULL_TIMEOUT = 300.0  # a first pull of a real image through a slow mirror
+# containerd 2.x's deprecation ids (pkg/deprecation) for what this flow moves.
+DEPRECATED_MIRRORS = "io.containerd.deprecation/cri-registry-mirrors"
+DEPRECATED_CONFIGS = "io.containerd.deprecation/cri-registry-configs"
 _SECRET_LINE = re.compile(r"^(?P<head>[-+ ]?\s*(?:password|auth|identitytoken)\s*=\s*).*$", re.IGNORECASE)
 
 
@@ -341,25 +344,33 @@ class Migrate:
         return await wait_until(ready, max(policy.verify_attempts, 30), policy.verify_interval or 1.0)
 
     async def _check_effective(self, cri: ImageCri) -> None:
-        """containerd's own view (CRI Status verbose, what `crictl info` shows) must name config_path
-        and no mirrors. containerd 2.x keeps the image config elsewhere in that answer: absent is
-        not a failure, a contradiction is."""
+        """containerd's own view must agree: 1.x shows its registry config in CRI Status(verbose)
+        (what `crictl info` shows), which must name config_path and no mirrors; 2.x shows no
+        registry there but lists its deprecations as a Status condition, where the registry ones
+        that moved must be gone (configs stays while credentials stay in config.toml)."""
         try:
             info = await cri.status_info()
+            deprecations = await cri.deprecations()
         except CriError as err:
-            raise RuntimeError(f"CRI Status(verbose): {err}") from None
+            raise RuntimeError(f"CRI Status: {err}") from None
         try:
             registry = json.loads(info.get("config", "{}")).get("registry")
         except (ValueError, AttributeError):
             registry = None
-        if not isinstance(registry, dict):
-            self.report.say("containerd's CRI Status does not show its registry config; the pull is the check")
-            return
-        if registry.get("configPath") != (self.plan.registry.config_path or self.plan.certs_shown):
-            raise RuntimeError(f"containerd runs with registry configPath {registry.get('configPath')!r}")
-        if registry.get("mirrors"):
-            raise RuntimeError("containerd still runs with registry mirrors from config.toml")
-        self.tx.did(f"containerd's effective config: configPath {registry['configPath']}, no mirrors")
+        if isinstance(registry, dict):
+            if registry.get("configPath") != (self.plan.registry.config_path or self.plan.certs_shown):
+                raise RuntimeError(f"containerd runs with registry configPath {registry.get('configPath')!r}")
+            if registry.get("mirrors"):
+                raise RuntimeError("containerd still runs with registry mirrors from config.toml")
+            self.tx.did(f"containerd's effective config: configPath {registry['configPath']}, no mirrors")
+        if deprecations is not None:
+            gone = {DEPRECATED_MIRRORS} | (set() if self.plan.kept else {DEPRECATED_CONFIGS})
+            if left := sorted(gone & set(deprecations)):
+                raise RuntimeError(f"containerd still reports the deprecation(s) {', '.join(left)}")
+            self.tx.did("containerd reports no registry mirror deprecation")
+        if not isinstance(registry, dict) and deprecations is None:
+            self.report.say("containerd's CRI Status shows neither its registry config nor deprecations; "
+                            "the pull is the check")
 
     async def _restart_back(self) -> None:
         if not self.restarted:

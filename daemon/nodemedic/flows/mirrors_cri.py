@@ -6,8 +6,12 @@ daemon's CRI probe stays as small as the daemon needs (as FlowBus does for syste
 
 from __future__ import annotations
 
-from nodemedic.probes.cri import CriClient, api_pb2
+import json
 
+from nodemedic.probes.cri import STATUS, CriClient, api_pb2
+
+# containerd 2.x reports its deprecations as this CRI Status condition (1.x has none).
+NO_DEPRECATIONS = "ContainerdHasNoDeprecationWarnings"
 LIST_IMAGES = "/runtime.v1.ImageService/ListImages"
 PULL_IMAGE = "/runtime.v1.ImageService/PullImage"
 
@@ -16,6 +20,20 @@ class ImageCri(CriClient):
     async def image_tags(self) -> list[str]:
         resp = await self._unary(LIST_IMAGES, api_pb2.ListImagesRequest(), api_pb2.ListImagesResponse)
         return [tag for image in resp.images for tag in image.repo_tags]
+
+    async def deprecations(self) -> dict[str, str] | None:
+        """containerd 2.x's deprecation warnings (id -> message) from CRI Status; None on 1.x."""
+        resp = await self._unary(STATUS, api_pb2.StatusRequest(verbose=False), api_pb2.StatusResponse)
+        for condition in resp.status.conditions:
+            if condition.type == NO_DEPRECATIONS:
+                if condition.status:
+                    return {}
+                try:
+                    found = json.loads(condition.message or "{}")
+                except ValueError:
+                    return {"unparsed": condition.message}
+                return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+        return None
 
     async def pull(self, ref: str, timeout: float) -> str:
         """PullImage without credentials (containerd uses its own configured ones); the image ref."""

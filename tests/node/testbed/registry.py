@@ -5,7 +5,7 @@ catalog, no tag list, no content negotiation, one process, files under one direc
     GET/HEAD /v2/                              200 {}
     GET/HEAD /v2/<name>/manifests/<tag|digest> the manifest, Content-Type = its mediaType
     GET/HEAD /v2/<name>/blobs/<digest>         the blob; a `Range: bytes=N-` gets 206 + Content-Range
-    (a query string, such as the `?ns=<registry>` of a hosts.toml mirror, is ignored and logged)
+    (a query string, such as the `?ns=<registry>` containerd sends a mirror, is ignored and logged)
 
 every answer with Content-Length and, for content, Docker-Content-Digest (containerd resolves a
 tag with HEAD and takes the digest from that header) — and Range, because containerd resumes a
@@ -89,7 +89,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _serve(self, body: bool) -> None:
         # A query is ignored, as a registry does, but logged: containerd names the registry a
-        # hosts.toml mirror stands in for with `?ns=<registry>` (config.toml's old mirrors did not).
+        # mirror stands in for with `?ns=<registry>`.
         path = self.path.split("?", 1)[0]
         if path in ("/v2/", "/v2"):
             self._send(200, {"Content-Type": "application/json"}, b"{}", body)
