@@ -243,6 +243,12 @@ def test_tls_that_hosts_toml_cannot_express_is_malformed() -> None:
         hosts_files(registry_settings(text), "h")
 
 
+def test_credentials_are_masked_in_every_form() -> None:
+    lines = flow.config_diff('a = 1\n', 'a = 2\n  password = "p1"\nconfigs."r".auth.password = "p2"\n'
+                             'auth = { username = "u", password = "p3" }\nidentitytoken = "p4"\n', "c")
+    assert not [line for line in lines if any(f"p{i}" in line for i in range(1, 5))], lines
+
+
 def test_registry_of_image_references() -> None:
     assert registry_of("registry.example.invalid/nmtest/x:1") == "registry.example.invalid"
     assert registry_of("docker.io/library/busybox:latest") == "docker.io"

@@ -55,7 +55,8 @@ PULL_TIMEOUT = 300.0  # a first pull of a real image through a slow mirror
 # containerd 2.x's deprecation ids (pkg/deprecation) for what this flow moves.
 DEPRECATED_MIRRORS = "io.containerd.deprecation/cri-registry-mirrors"
 DEPRECATED_CONFIGS = "io.containerd.deprecation/cri-registry-configs"
-_SECRET_LINE = re.compile(r"^(?P<head>[-+ ]?\s*(?:password|auth|identitytoken)\s*=\s*).*$", re.IGNORECASE)
+# A credential's value in a diff line, in table, dotted (configs."r".auth.password) or inline form.
+_SECRET_LINE = re.compile(r"^(?P<head>.*?\b(?:password|auth|identitytoken)\s*=\s*).*$", re.IGNORECASE)
 
 
 class Refused(Exception):
