@@ -27,7 +27,7 @@ from tests.node.testbed import images
 from tests.node.testbed.node import Node
 from tests.node.testbed.registry import HOST, Registry
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, pytest.mark.stacks("bookworm", "trixie", "trixie-containerd2")]
 
 CONFIG = "/etc/containerd/config.toml"
 CERTS = "/etc/containerd/certs.d"

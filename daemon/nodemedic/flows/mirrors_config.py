@@ -138,9 +138,11 @@ def doctor_report(text: str | None, source: str) -> tuple[bool, str]:
     if settings.movable:
         conflict = (" together with config_path: containerd refuses to load its CRI plugin"
                     if settings.config_path else "")
-        return False, (f"{source} (version {settings.version}) sets deprecated "
-                       + "; ".join(settings.deprecated) + conflict
-                       + ". Fix: nodemedic mirrors migrate --dry-run, then nodemedic mirrors migrate")
+        moved = [d for d in settings.deprecated if ".auth" not in d]
+        kept = [d for d in settings.deprecated if ".auth" in d]
+        stays = f" ({'; '.join(kept)} stays: hosts.toml cannot hold credentials)" if kept else ""
+        return False, (f"{source} (version {settings.version}) sets deprecated " + "; ".join(moved) + conflict
+                       + f". Fix: nodemedic mirrors migrate --dry-run, then nodemedic mirrors migrate{stays}")
     if settings.auth_hosts or settings.auths:
         return True, (f"{source} keeps registry credentials in deprecated " + "; ".join(settings.deprecated)
                       + " (hosts.toml has no equivalent; move them to ImagePullSecrets)")
