@@ -15,6 +15,7 @@ leave /etc/containerd byte for byte as it was and containerd untouched (same mai
 
 from __future__ import annotations
 
+import difflib
 import json
 import tomllib
 from collections.abc import Iterator
@@ -142,15 +143,16 @@ def test_migrate_keeps_the_operators_config_and_pulls_through_the_mirror(bed: Be
     code, out = migrate(node, "--verify-image", IMAGE)
     assert code == 0, out
 
-    # config.toml: every comment and setting of the operator's kept, except the mirror table
-    # (and the comment inside it, which the plan named); config_path set; the backup is the old file.
+    # config.toml: every comment and setting of the operator's kept, except the mirror's table (and
+    # the comment inside it, which the plan named; the empty `mirrors` table stays); config_path
+    # set; the backup is the old file.
     new = text(node, CONFIG)
-    old_lines = [line for line in OPERATOR_CONFIG.splitlines() if ".mirrors" not in line
+    old_lines = [line for line in OPERATOR_CONFIG.splitlines() if '.mirrors."' not in line
                  and "endpoint =" not in line and line.strip() != MOVED_COMMENT]
     assert [line for line in new.splitlines() if "config_path" not in line] == old_lines, new
     assert MOVED_COMMENT in out
     cri = tomllib.loads(new)["plugins"]["io.containerd.grpc.v1.cri"]
-    assert cri["registry"] == {"config_path": CERTS,
+    assert cri["registry"] == {"config_path": CERTS, "mirrors": {},
                                "configs": {UPSTREAM: {"auth": {"username": "robot", "password": "not-a-real-secret"}}}}
     [backup] = backups(node)
     assert text(node, backup) == OPERATOR_CONFIG
@@ -221,3 +223,36 @@ def test_conflicting_hosts_toml_is_refused_and_nothing_changes(bed: Bed):
     assert node.checksum_tree("/etc/containerd") == before
     assert text(node, f"{NAMESPACE}/hosts.toml") == theirs
     assert main_pid(node) == pid
+
+
+def with_mirror(default: str) -> str:
+    """containerd's own `config default` with the operator's one mirror appended, in the file's version."""
+    if "\nversion = 3\n" in f"\n{default}":
+        table = f"[plugins.'io.containerd.cri.v1.images'.registry.mirrors.'{UPSTREAM}']"
+    else:
+        table = f'[plugins."io.containerd.grpc.v1.cri".registry.mirrors."{UPSTREAM}"]'
+    return default + f'\n{table}\n  endpoint = ["http://{HOST}"]\n'
+
+
+def test_containerds_own_default_config_with_a_mirror_migrates(bed: Bed):
+    """What `containerd config default` writes on this stack (version 2 with its empty registry
+    tables on 1.x, version 3 with config_path = '' on 2.x), plus one mirror."""
+    node = bed.node
+    default = node.run(["containerd", "config", "default"]).stdout
+    config = with_mirror(default)
+    node.write_file(CONFIG, config)
+    restart_containerd(node)
+    code, out = migrate(node, "--verify-image", IMAGE)
+    assert code == 0, out
+    new = text(node, CONFIG)
+    removed, added = [], []
+    for line in difflib.ndiff(config.splitlines(), new.splitlines()):
+        (removed if line.startswith("- ") else added if line.startswith("+ ") else []).append(line[2:])
+    assert [line for line in removed if "config_path" not in line and line] == config.splitlines()[-2:], removed
+    assert [line.strip() for line in added] in ([f'config_path = "{CERTS}"'], [f"config_path = '{CERTS}'"]), added
+    expected = tomllib.loads(default)
+    plugin = "io.containerd.cri.v1.images" if expected.get("version") == 3 else "io.containerd.grpc.v1.cri"
+    expected["plugins"][plugin]["registry"]["config_path"] = CERTS
+    assert tomllib.loads(new) == expected  # containerd's defaults, config_path set, nothing else
+    assert tomllib.loads(text(node, f"{NAMESPACE}/hosts.toml"))["host"] == {
+        f"http://{HOST}": {"capabilities": ["pull", "resolve"]}}

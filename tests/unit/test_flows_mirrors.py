@@ -147,12 +147,13 @@ def test_v2_edit_removes_only_the_moved_tables_and_keeps_every_other_line() -> N
     settings = registry_settings(old)
     new = migrate_text(old, settings, CERTS)
     removed, added = changed_lines(old, new)
-    assert removed == ['      config_path = ""', *V2_CONFIGS.splitlines()[:2],
-                       "", '      [plugins."io.containerd.grpc.v1.cri".registry.mirrors]', *V2_MIRROR.splitlines()]
+    # containerd's own empty `mirrors` and `configs` tables stay, and so does the operator's
+    # comment in them; the mirror entry, the TLS table and the blank line ending them go.
+    assert removed == ['      config_path = ""', *V2_CONFIGS.splitlines()[:2], *V2_MIRROR.splitlines()[1:], ""]
     assert added == [f'      config_path = "{CERTS}"']
-    assert dropped_comments(old, new) == ["# our pull-through cache for Docker Hub (OPS-1234)"]
+    assert dropped_comments(old, new) == []
     data = tomllib.loads(new)["plugins"]["io.containerd.grpc.v1.cri"]["registry"]
-    assert data == {"config_path": CERTS, "auths": {}, "headers": {},
+    assert data == {"config_path": CERTS, "auths": {}, "headers": {}, "mirrors": {},
                     "configs": {"mirror.corp.example:5000": {"auth": {"username": "puller", "password": "s3cret"}}}}
 
 

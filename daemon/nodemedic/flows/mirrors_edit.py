@@ -14,7 +14,7 @@ import copy
 from typing import Any
 
 import tomlkit
-from tomlkit.items import String, StringType, Table
+from tomlkit.items import InlineTable, String, StringType, Table
 
 from nodemedic.flows.mirrors_config import MalformedConfig, RegistrySettings, dotted, parse
 
@@ -53,22 +53,40 @@ def _indent_of(registry: Any) -> int:
 
 
 def _remove_moved(registry: Any) -> None:
-    """Drop a non-empty `mirrors` and every `configs.<host>.tls`, and the tables only those made
-    non-empty (an empty table the operator or `containerd config default` wrote stays)."""
-    if registry.get("mirrors"):
-        del registry["mirrors"]
+    """Empty `mirrors` and drop every `configs.<host>.tls` (and a host table only that filled).
+    The tables themselves stay where the file wrote them with a header: `containerd config default`
+    on 1.x writes empty `mirrors` and `configs` tables, and they are the operator's lines too. An
+    emptied table written inline (`mirrors = { ... }`) goes, rather than stay as `{  }`."""
+    mirrors = registry.get("mirrors")
+    if mirrors:
+        for name in list(mirrors):
+            del mirrors[name]
+        _drop_if_emptied_inline(registry, "mirrors")
     configs = registry.get("configs")
-    if not configs:
-        return
-    emptied = False
-    for host in list(configs):
-        if "tls" in configs[host]:
-            del configs[host]["tls"]
-            if not configs[host]:
-                del configs[host]
-                emptied = True
-    if emptied and not configs:
-        del registry["configs"]
+    if configs:
+        for host in list(configs):
+            if "tls" in configs[host]:
+                del configs[host]["tls"]
+                if not configs[host]:
+                    del configs[host]
+        _drop_if_emptied_inline(registry, "configs")
+
+
+def _drop_if_emptied_inline(registry: Any, key: str) -> None:
+    if isinstance(registry.get(key), InlineTable) and not registry[key]:
+        del registry[key]
+
+
+def _meaning(data: dict[str, Any], table: tuple[str, ...]) -> dict[str, Any]:
+    """Plain data with an empty `mirrors`/`configs` dropped: containerd reads both the same way,
+    and whether an emptied table keeps a header depends on how the file wrote it."""
+    registry: Any = data
+    for key in table:
+        registry = registry.get(key, {}) if isinstance(registry, dict) else {}
+    for key in ("mirrors", "configs"):
+        if isinstance(registry, dict) and registry.get(key) == {}:
+            del registry[key]
+    return data
 
 
 def _strip(data: dict[str, Any], settings: RegistrySettings, config_path: str) -> dict[str, Any]:
@@ -79,7 +97,7 @@ def _strip(data: dict[str, Any], settings: RegistrySettings, config_path: str) -
         registry = registry.setdefault(key, {})
     _remove_moved(registry)
     registry["config_path"] = config_path
-    return expected
+    return _meaning(expected, settings.table)
 
 
 def migrate_text(text: str, settings: RegistrySettings, config_path: str) -> str:
@@ -99,7 +117,7 @@ def migrate_text(text: str, settings: RegistrySettings, config_path: str) -> str
         registry.add("config_path", config_path)
         registry.item("config_path").indent(indent)
     new = tomlkit.dumps(document)
-    if parse(new).unwrap() != _strip(parse(text).unwrap(), settings, config_path):
+    if _meaning(parse(new).unwrap(), settings.table) != _strip(parse(text).unwrap(), settings, config_path):
         raise MalformedConfig(f"editing {dotted(settings.table)} would change other settings; "
                               "nothing written (edit config.toml by hand, or simplify its registry tables)")
     return new
