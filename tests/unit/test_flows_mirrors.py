@@ -182,6 +182,21 @@ def test_debian_version_2_file_for_containerd_2_is_edited_where_it_says() -> Non
     assert "io.containerd.cri.v1.images" not in data["plugins"]
 
 
+@pytest.mark.parametrize("release", ["1.6.20", "2.1.9"])
+def test_a_mirror_appended_at_the_end_of_containerds_default(release: str) -> None:
+    # The registry table is then written in two places (tomlkit: an out-of-order table).
+    default = (CONFIGS / f"default-{release}.toml").read_text()
+    plugin = "'io.containerd.cri.v1.images'" if release.startswith("2.") else '"io.containerd.grpc.v1.cri"'
+    old = default + f'\n[plugins.{plugin}.registry.mirrors."r.example"]\n  endpoint = ["http://localhost:5000"]\n'
+    new = migrate_text(old, registry_settings(old), CERTS)
+    removed, added = changed_lines(old, new)
+    assert [line for line in removed if line and "config_path" not in line] == old.splitlines()[-2:]
+    assert [line.strip() for line in added] in ([f'config_path = "{CERTS}"'], [f"config_path = '{CERTS}'"])
+    expected = tomllib.loads(default)
+    expected["plugins"][plugin.strip("'\"")]["registry"]["config_path"] = CERTS
+    assert tomllib.loads(new) == expected
+
+
 def test_inline_and_dotted_forms_keep_indentation_and_other_keys() -> None:
     inline = ('version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n'
               '  mirrors = { "docker.io" = { endpoint = ["https://m"] } }\n  headers = { X-Team = ["nodes"] }\n')

@@ -157,7 +157,7 @@ def make_plan(settings: Settings, root: HostRoot, guard: Guard, verify_image: st
         return None
     if registry.version == 1:
         raise Refused(f"{shown} is config version 1 (no `version` key); convert it to version 2 (containerd 1.x) "
-                      "or 3 (containerd 2.x, `containerd config migrate`) first")
+                      "or 3 (containerd 2.x, `containerd config migrate`) first; nothing changed")
     dirs = _config_dirs(registry)
     certs_shown = dirs[0]
     certs = root.path(certs_shown)

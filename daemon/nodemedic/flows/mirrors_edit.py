@@ -109,13 +109,16 @@ def migrate_text(text: str, settings: RegistrySettings, config_path: str) -> str
     _remove_moved(registry)
     if "config_path" in registry:
         # Replaced in place (its line and comment stay), in the quotes the file used: 2.x writes ''.
-        old = registry.item("config_path")
+        old = registry["config_path"]
         literal = isinstance(old, String) and old.type == StringType.SLL
         registry["config_path"] = tomlkit.string(config_path, literal=literal)
     else:
-        indent = _indent_of(registry)  # before the add: the new key must not measure itself
-        registry.add("config_path", config_path)
-        registry.item("config_path").indent(indent)
+        # A registry table written in pieces (a mirror appended at the end of the file) is a proxy
+        # over its fragments; the key goes into the first, under the header, as tomlkit does.
+        first = getattr(registry, "_tables", [registry])[0]
+        indent = _indent_of(first)  # before the add: the new key must not measure itself
+        first.add("config_path", config_path)
+        first.item("config_path").indent(indent)
     new = tomlkit.dumps(document)
     if _meaning(parse(new).unwrap(), settings.table) != _strip(parse(text).unwrap(), settings, config_path):
         raise MalformedConfig(f"editing {dotted(settings.table)} would change other settings; "
