@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from nodemedic.report.journal import Kind
 from tests.node.test_ladders_ingest_pull import cri_images
 from tests.node.testbed import images
 from tests.node.testbed.node import Node
@@ -257,3 +258,34 @@ def test_containerds_own_default_config_with_a_mirror_migrates(bed: Bed):
     assert tomllib.loads(new) == expected  # containerd's defaults, config_path set, nothing else
     assert tomllib.loads(text(node, f"{NAMESPACE}/hosts.toml"))["host"] == {
         f"http://{HOST}": {"capabilities": ["pull", "resolve"]}}
+
+
+def test_a_failed_restart_is_rolled_back_to_the_same_bytes(bed: Bed):
+    """containerd refuses to start while the new hosts.toml exists (a drop-in's ExecStartPre, for
+    this test only): the flow's restart job fails, and the rollback must put config.toml back byte
+    for byte, remove what it wrote and start containerd again on the old configuration."""
+    node = bed.node
+    node.write_file(CONFIG, OPERATOR_CONFIG)
+    restart_containerd(node)
+    node.drop_in("containerd.service", "90-nmtest-no-hosts-toml", "[Unit]\nStartLimitIntervalSec=0\n\n[Service]\n"
+                 f"ExecStartPre=/usr/bin/test ! -e {NAMESPACE}/hosts.toml\n")
+    try:
+        before = node.tree_manifest("/etc/containerd")
+        cursor = node.cursor()
+        code, out = migrate(node, "--verify-image", IMAGE)
+        assert code == 1, out
+        assert "rolling back" in out and f"undone: wrote {NAMESPACE}/hosts.toml" in out, out
+        after = node.tree_manifest("/etc/containerd")
+        [backup] = backups(node)
+        assert text(node, backup) == OPERATOR_CONFIG  # the backup stays
+        assert {k: v for k, v in after.items() if ".nodemedic-" not in k} == before
+        assert text(node, CONFIG) == OPERATOR_CONFIG
+        # containerd runs again, on the old mirrors (their deprecation line, logged at its start).
+        node.wait_for(lambda: node.cri_status().runtime_ready, timeout=60, what="containerd back over CRI")
+        assert node.unit_state("containerd.service").active_state == "active"
+        starts = node.messages(unit="containerd.service", since=cursor)
+        assert [m for m in starts if "`mirrors` is deprecated" in m], starts
+        [entry] = node.journal(message_id=Kind.MIRRORS_ROLLED_BACK.value, since=cursor)
+        assert "RestartUnit containerd.service" in entry["MESSAGE"], entry
+    finally:
+        node.remove_drop_in("containerd.service", "90-nmtest-no-hosts-toml")
