@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -34,23 +36,13 @@ def _root(args: argparse.Namespace) -> HostRoot:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    root = _root(args)
-    problems = []
-    try:
-        catalogue = load_catalogue(root)
-        known = catalogue.problems
-    except ConfigError as err:
-        problems.extend(err.problems)
-        known = None
-    try:
-        loaded = load_config(root, _warn, known_problems=known)
-    except ConfigError as err:
-        problems.extend(err.problems)
-    if problems:
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        return EXIT_INVALID
-    print(f"configuration valid: {len(loaded.files)} file(s), {len(catalogue.signatures)} signature(s)"
+    # The daemon's own loader (runconfig.load), not a copy of it: what passes here, the daemon
+    # takes at start and on reload, and what it refuses is refused here with the same words.
+    from nodemedic.runconfig import load
+
+    loaded = load(_root(args), _warn)  # ConfigError: main() prints each problem, exit 1
+    catalogue = loaded.catalogue
+    print(f"configuration valid: {len(loaded.config.files)} file(s), {len(catalogue.signatures)} signature(s)"
           + (f", {len(catalogue.masked)} masked" if catalogue.masked else ""))
     return EXIT_OK
 
@@ -64,7 +56,10 @@ def _flatten(table: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tu
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    loaded = load_config(_root(args), _warn)
+    from nodemedic.runconfig import load
+
+    # Only a configuration the daemon would take is shown: an invalid one fails as check-config.
+    loaded = load(_root(args), _warn).config
     if not args.origins:
         sys.stdout.write(tomlkit.dumps(loaded.merged))
         return EXIT_OK
@@ -246,6 +241,40 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Reload the daemon's configuration and wait for the outcome: what ExecReload= runs.
+
+    No /bin/kill (procps is not in a minimal Debian): the daemon's D-Bus API does the reload
+    and answers when it is over, so `systemctl reload nodemedic` fails when the new
+    configuration was refused, and says why in the journal.
+    """
+    import asyncio
+
+    from nodemedic.report import dbus_api
+
+    try:
+        ok, lines = asyncio.run(dbus_api.call("Reload"))
+    except dbus_api.NotRunning as err:
+        if args.pid is None:
+            print(f"nodemedic: {err}", file=sys.stderr)
+            return EXIT_NOT_RUNNING
+        # The daemon runs (systemd gave its PID) but its API is not on the bus just now: the
+        # signal still reloads, only the outcome cannot be awaited here.
+        os.kill(args.pid, signal.SIGHUP)
+        print(f"nodemedic: {err}; sent SIGHUP to {args.pid} instead: the outcome is in the journal "
+              "(journalctl -u nodemedic)", file=sys.stderr)
+        return EXIT_OK
+    except dbus_api.Denied as err:
+        print(f"nodemedic: {err}", file=sys.stderr)
+        return EXIT_DENIED
+    except dbus_api.Refused as err:
+        print(f"nodemedic: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    for line in lines:  # type: ignore[attr-defined]
+        print(line if ok else f"nodemedic: reload refused: {line}", file=sys.stdout if ok else sys.stderr)
+    return EXIT_OK if ok else EXIT_INVALID
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from nodemedic.daemon import run  # the daemon's imports (systemd, dbus, grpc) only when needed
 
@@ -302,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     flow_commands.add_parsers(sub)
     mirrors_cli.add_parsers(sub)
 
+    p = sub.add_parser("reload", help="reload the daemon's configuration and wait for the outcome "
+                                      "(what systemctl reload runs)")
+    p.add_argument("pid", nargs="?", type=int, help="the daemon's PID ($MAINPID): sent SIGHUP if its "
+                                                    "D-Bus API cannot be reached")
+    p.set_defaults(func=cmd_reload)
     p = sub.add_parser("run", help="run the resident daemon (systemd Type=notify)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("step", help="run one privileged repair step (what nodemedic-step@NAME.service runs)")

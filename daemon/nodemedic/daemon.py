@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from dataclasses import dataclass
+import time
 
-from nodemedic.config import ConfigError, Settings, load_config
+from nodemedic.config import ConfigError
+from nodemedic.config.live import restart_only_changes
 from nodemedic.detector import conditions
 from nodemedic.detector.detector import Detector, Suspicion
 from nodemedic.detector.matcher import Matcher
-from nodemedic.detector.signatures import Catalogue, load_catalogue
 from nodemedic.doctor import plan_for
 from nodemedic.engine.engine import Engine
 from nodemedic.engine.state import ACTIVE, Phase, StateStore
@@ -29,6 +29,7 @@ from nodemedic.report.dbus_api import ApiServer, RefusedError
 from nodemedic.report.journal import ERR, INFO, NOTICE, WARNING, Kind, log
 from nodemedic.report.metrics import Metrics
 from nodemedic.report.notify import notify, watchdog_interval
+from nodemedic.runconfig import Loaded, load
 from nodemedic.sources.events import Event, JournalLine, PathChanged, SourceTrouble, UnitChanged
 from nodemedic.sources.journal import JournalSource
 from nodemedic.sources.paths import PathSource
@@ -36,22 +37,9 @@ from nodemedic.sources.systemd_bus import SystemdBus
 from nodemedic.sources.units import UnitSource
 
 QUEUE_LIMIT = 4096  # the journal source waits when the detector falls behind, it never drops
-
-
-@dataclass
-class Loaded:
-    settings: Settings
-    catalogue: Catalogue
-    # The operator chose the metrics path (not the vendor default): create its directory.
-    metrics_dir_configured: bool
-
-
-def load(root: HostRoot) -> Loaded:
-    catalogue = load_catalogue(root)
-    loaded = load_config(root, lambda msg: log(Kind.CONFIG_REJECTED, msg, WARNING),
-                         known_problems=catalogue.problems | frozenset(REMEDIES))
-    configured = loaded.origins[("metrics", "textfile")].path != loaded.files[0]
-    return Loaded(loaded.settings, catalogue, configured)
+# sysexits.h EX_CONFIG: the unit's RestartPreventExitStatus=78 leaves a daemon that cannot start
+# for its configuration failed, with the reason in the journal, instead of restarting it for ever.
+EX_CONFIG = 78
 
 
 class Daemon:
@@ -84,6 +72,8 @@ class Daemon:
         }, self.queue)
         self.stopping = asyncio.Event()
         self._status = ""
+        self._reload_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[object]] = set()
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -102,7 +92,7 @@ class Daemon:
         self._check_ingest_dir()
         self.engine.resume()
         for sig, handler in ((signal.SIGTERM, self.stopping.set), (signal.SIGINT, self.stopping.set),
-                             (signal.SIGHUP, lambda: loop.create_task(self.reload()))):
+                             (signal.SIGHUP, self.api_reload_task)):
             loop.add_signal_handler(sig, handler)
         self._arm_watchdog()
         log(Kind.STARTED, f"nodemedic started: watching {', '.join(self.ctx.settings.daemon.units)}; "
@@ -139,26 +129,62 @@ class Daemon:
 
         ping()
 
-    async def reload(self) -> None:
-        notify("RELOADING=1", "STATUS=reloading configuration")
+    async def reload(self) -> tuple[bool, list[str]]:
+        """Validate, then swap everything the daemon acts on; on any error keep the old
+        configuration and say why. (reloaded?, what was applied or why not)"""
+        async with self._reload_lock:
+            # MONOTONIC_USEC: Type=notify-reload (systemd >= 253) only counts a RELOADING=1 sent
+            # after its signal; systemd 252 ignores the field.
+            notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}",
+                   "STATUS=reloading configuration")
+            try:
+                outcome = self._reload()
+            except Exception as err:  # a reload never leaves the unit "reloading" nor the daemon half-swapped
+                outcome = False, [f"reload failed, keeping the old configuration: {err!r}"]
+                log(Kind.CONFIG_REJECTED, outcome[1][0], ERR)
+            finally:
+                self._status = ""  # STATUS=reloading was sent in between: always send the status again
+                notify("READY=1")
+                self.update_status()
+            return outcome
+
+    def _reload(self) -> tuple[bool, list[str]]:
         try:
-            fresh = load(self.root)
+            fresh = load(self.root, config_warning)
         except ConfigError as err:
-            for problem in err.problems:
-                log(Kind.CONFIG_REJECTED, f"configuration rejected, keeping the old one: {problem}", ERR)
+            reasons = [str(problem) for problem in err.problems]
         else:
-            if fresh.settings.daemon.units != self.ctx.settings.daemon.units:
-                log(Kind.CONFIG_RELOADED, "daemon.units changed: takes effect at the next restart", WARNING)
-            self.loaded = fresh
-            self.ctx.settings = fresh.settings
-            self.detector = Detector(Matcher(fresh.catalogue.signatures))
-            self.journal.prefilter = self.detector.matcher
-            log(Kind.CONFIG_RELOADED, f"configuration reloaded: {len(fresh.catalogue.signatures)} signatures, "
-                f"mode {fresh.settings.daemon.mode}", INFO)
-            self.engine.retry_after_reload()
-        self._status = ""  # STATUS=reloading was sent in between: always send the status again
-        notify("READY=1")
-        self.update_status()
+            # What cannot change while running is refused, not half-applied: `config show` must
+            # never list a value the daemon does not act on.
+            reasons = [f"{origin}: {key} changed: {why}; restart nodemedic to apply it"
+                       for key, origin, why in restart_only_changes(self.loaded.config, fresh.config)]
+        if reasons:
+            for reason in reasons:
+                log(Kind.CONFIG_REJECTED, f"configuration rejected, keeping the old one: {reason}", ERR)
+            return False, reasons
+        self._swap(fresh)
+        message = (f"configuration reloaded: {len(fresh.catalogue.signatures)} signatures, "
+                   f"mode {fresh.settings.daemon.mode}")
+        log(Kind.CONFIG_RELOADED, message, INFO)
+        self.engine.retry_after_reload()
+        return True, [message]
+
+    def _swap(self, fresh: Loaded) -> None:
+        settings = fresh.settings
+        # The guard is built from policy.protected_paths: every holder gets the new one, so the
+        # next file operation of any step, the state store, metrics or the cursor honours it.
+        guard = Guard.from_paths(self.root.path(p) for p in settings.policy.protected_paths)
+        self.guard = self.ctx.guard = self.store.guard = self.metrics.guard = self.journal.guard = guard
+        self.loaded = fresh
+        self.ctx.settings = settings
+        self.journal.batch_size = settings.journal.batch_size
+        self.detector = Detector(Matcher(fresh.catalogue.signatures))
+        self.journal.prefilter = self.detector.matcher
+
+    def api_reload_task(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
 
     # -- events -------------------------------------------------------------------------
 
@@ -265,8 +291,8 @@ class Daemon:
         self.engine.forget(problem)
         self.detector.forget(problem)
 
-    def api_reload(self) -> None:
-        asyncio.get_running_loop().create_task(self.reload())
+    async def api_reload(self) -> tuple[bool, list[str]]:
+        return await self.reload()
 
     # -- status -------------------------------------------------------------------------
 
@@ -308,11 +334,16 @@ class Daemon:
         return f"{watching}; {state}"
 
 
+def config_warning(message: str) -> None:
+    log(Kind.CONFIG_REJECTED, message, WARNING)
+
+
 def run(root: HostRoot) -> int:
     try:
-        loaded = load(root)
+        loaded = load(root, config_warning)
     except ConfigError as err:
         for problem in err.problems:
             log(Kind.CONFIG_REJECTED, f"cannot start: {problem}", ERR)
-        return 1
+        notify(f"STATUS=cannot start: configuration invalid: {err.problems[0] if err.problems else ''}")
+        return EX_CONFIG
     return asyncio.run(Daemon(root, loaded).run())

@@ -6,13 +6,16 @@ lexical order. Tables are deep-merged; for any other value the last file wins.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nodemedic.config.errors import ConfigError, Problem
-from nodemedic.config.model import Settings
+from nodemedic.config.files import list_dropins, unreadable
+from nodemedic.config.model import Settings, crash_loop_problem
+from nodemedic.config.rules import cross_check
 from nodemedic.config.schema import build, check_table
 from nodemedic.config.tomlfile import KeyPath, TomlFile, read_toml
 from nodemedic.hostroot import HOST, HostRoot
@@ -37,20 +40,25 @@ class LoadedConfig:
     files: tuple[Path, ...]
 
 
-def config_files(root: HostRoot, warn: Warn) -> list[Path]:
+def config_files(root: HostRoot, warn: Warn, problems: list[Problem] | None = None) -> list[Path]:
+    """The files to read, in order; a file that is there but cannot be read by the daemon (see
+    files.py) goes to `problems` instead, never silently away."""
+    found: list[Problem] = []
+    # The vendor defaults are the package's own (root's, 0644); reading them reports anything else.
     files = [root.vendor_defaults()]
     main = root.path("/etc/nodemedic/nodemedic.toml")
-    if main.is_file():
-        files.append(main)
-    dropins = root.path("/etc/nodemedic/conf.d")
-    if dropins.is_dir():
-        for entry in sorted(dropins.iterdir(), key=lambda p: p.name):
-            if entry.name.startswith("."):
-                continue
-            if entry.suffix != ".toml":
-                warn(f"{entry}: ignored, drop-ins must end in .toml")
-            elif entry.is_file():
-                files.append(entry)
+    if os.path.lexists(main):
+        if (reason := unreadable(main, root.base)) is not None:
+            found.append(Problem(main, 0, reason))
+        else:
+            files.append(main)
+    listing = list_dropins(root.path("/etc/nodemedic/conf.d"), warn, base=root.base)
+    files.extend(listing.files)
+    found.extend(listing.problems)
+    if problems is not None:
+        problems.extend(found)
+    elif found:
+        raise ConfigError(found)
     return files
 
 
@@ -89,10 +97,14 @@ def merge_files(sources: Iterable[TomlFile]) -> tuple[dict[str, Any], dict[KeyPa
 
 def load_config(root: HostRoot = HOST, warn: Warn = lambda _msg: None,
                 known_problems: frozenset[str] | None = None) -> LoadedConfig:
-    """Read, check and merge every config file; ConfigError lists all problems found."""
+    """Read, check and merge every config file; ConfigError lists all problems found.
+
+    `known_problems`: the problem names `[problems.NAME]` may use (besides the crash loops of
+    the watched units, which follow daemon.units); None skips that check.
+    """
     problems: list[Problem] = []
     sources: list[TomlFile] = []
-    files = config_files(root, warn)
+    files = config_files(root, warn, problems)
     for path in files:
         try:
             source = read_toml(path)
@@ -100,10 +112,6 @@ def load_config(root: HostRoot = HOST, warn: Warn = lambda _msg: None,
             problems.extend(err.problems)
             continue
         check_table(Settings, source.data, source, (), problems)
-        if known_problems is not None:
-            for name in source.data.get("problems", {}) if isinstance(source.data.get("problems"), dict) else ():
-                if name not in known_problems:
-                    problems.append(source.problem(("problems", name), f"unknown problem {name!r}"))
         sources.append(source)
     if problems:
         raise ConfigError(problems)
@@ -113,4 +121,14 @@ def load_config(root: HostRoot = HOST, warn: Warn = lambda _msg: None,
     except KeyError as err:
         raise ConfigError([Problem(files[0], 1, f"missing key {err.args[0]!r} (vendor defaults incomplete)")]) \
             from None
+    problems.extend(cross_check(settings, {key: (o.path, o.line) for key, o in origins.items()}, files))
+    if known_problems is not None:
+        known = known_problems | {crash_loop_problem(unit) for unit in settings.daemon.units}
+        for source in sources:
+            table = source.data.get("problems")
+            for name in table if isinstance(table, dict) else ():
+                if name not in known:
+                    problems.append(source.problem(("problems", name), f"unknown problem {name!r}"))
+    if problems:
+        raise ConfigError(problems)
     return LoadedConfig(settings, merged, origins, tuple(files))

@@ -1,75 +1,103 @@
 """The settings nodemedic runs with. Defaults live in the vendor nodemedic.toml, not here:
-one source of truth, which `nodemedic config show --origins` can point at."""
+one source of truth, which `nodemedic config show --origins` can point at.
+
+Every number has bounds and every path or file name a shape (constraints.py): what the schema
+accepts is what the daemon can work with. docs/man/nodemedic.toml.5 lists them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
+from nodemedic.config.constraints import (
+    FILESYSTEM_TYPE,
+    UNIT_NAME,
+    AbsolutePath,
+    Count,
+    Each,
+    FileName,
+    Length,
+    Span,
+    absolute_path,
+    ip_network,
+)
 from nodemedic.config.schema import Seconds
+
+MINUTE = 60.0
+HOUR = 3600.0
+DAY = 86400.0
+
+Path_ = Annotated[str, AbsolutePath()]
 
 
 @dataclass(frozen=True)
 class Daemon:
     mode: Literal["repair", "observe"]
-    units: tuple[str, ...]
-    state_dir: str
-    runtime_dir: str
+    units: Annotated[tuple[str, ...], Length(1, 64), Each(UNIT_NAME)]
+    state_dir: Path_
+    runtime_dir: Path_
 
 
 @dataclass(frozen=True)
 class Journal:
     # Entries older than daemon start minus this grace are replayed for counting only.
-    replay_grace: Seconds
+    replay_grace: Annotated[Seconds, Span(0, HOUR)]
     # How far back to read when there is no saved cursor.
-    replay_window: Seconds
-    batch_size: int
+    replay_window: Annotated[Seconds, Span(0, 7 * DAY)]
+    # At least 1: a batch of 0 reads nothing and wakes the loop forever.
+    batch_size: Annotated[int, Count(1, 100_000)]
 
 
 @dataclass(frozen=True)
 class Paths:
-    cni_conf_dir: str
-    cni_bin_dir: str
-    containerd_root: str
-    containerd_config: str
-    containerd_socket: str
+    cni_conf_dir: Path_
+    cni_bin_dir: Path_
+    containerd_root: Path_
+    containerd_config: Path_
+    containerd_socket: Path_
 
 
 @dataclass(frozen=True)
 class Policy:
     allow_destructive: bool
-    protected_paths: tuple[str, ...]
-    attempt_budget: int
-    cooldown: Seconds
-    cooldown_max: Seconds
-    quiet_period: Seconds
-    step_timeout: Seconds
-    verify_attempts: int
-    verify_interval: Seconds
+    protected_paths: Annotated[tuple[str, ...], Length(0, 256), Each(absolute_path)]
+    attempt_budget: Annotated[int, Count(1, 100)]
+    cooldown: Annotated[Seconds, Span(0, DAY)]
+    cooldown_max: Annotated[Seconds, Span(0, 7 * DAY)]
+    quiet_period: Annotated[Seconds, Span(0, 7 * DAY)]
+    step_timeout: Annotated[Seconds, Span(1, 6 * HOUR)]
+    verify_attempts: Annotated[int, Count(1, 1000)]
+    verify_interval: Annotated[Seconds, Span(0, HOUR)]
 
 
 @dataclass(frozen=True)
 class Cni:
     placeholder: Literal["never", "until-first-real", "always"]
-    placeholder_subnet: str
-    placeholder_file: str
+    placeholder_subnet: Annotated[str, ip_network]
+    # A name inside paths.cni_conf_dir, never a path: nodemedic writes and deletes it. The file
+    # holds a network list, which containerd's CNI loads only from a .conflist.
+    placeholder_file: Annotated[str, FileName(".conflist")]
 
 
 @dataclass(frozen=True)
 class ImageFs:
-    warmup_attempts: int
-    warmup_interval: Seconds
+    warmup_attempts: Annotated[int, Count(1, 1000)]
+    warmup_interval: Annotated[Seconds, Span(0, HOUR)]
 
 
 @dataclass(frozen=True)
 class Ingest:
-    stale_age: Seconds
+    # Not 0: a pull in progress rewrites its ingest all the time; an age of 0 would judge by
+    # "open for writing" alone.
+    stale_age: Annotated[Seconds, Span(1, 30 * DAY)]
 
 
 @dataclass(frozen=True)
 class Metrics:
-    textfile: str
+    # node-exporter's textfile collector reads *.prom only; "" writes no metrics.
+    textfile: Annotated[str, AbsolutePath(suffix=".prom", empty_ok=True)]
 
 
 @dataclass(frozen=True)
@@ -77,21 +105,21 @@ class Repoint:
     """`nodemedic repoint`: moving containerd's root to other storage."""
 
     # Filesystem types the target may be on (overlayfs needs d_type and trusted.* xattrs).
-    filesystems: tuple[str, ...]
-    copy_timeout: Seconds
-    progress_interval: Seconds
+    filesystems: Annotated[tuple[str, ...], Length(1, 32), Each(FILESYSTEM_TYPE)]
+    copy_timeout: Annotated[Seconds, Span(1, 7 * DAY)]
+    progress_interval: Annotated[Seconds, Span(0.1, HOUR)]
 
 
 @dataclass(frozen=True)
 class Join:
     """`nodemedic join`: kubeadm join with preflight, cleanup and retries."""
 
-    attempts: int
-    attempt_timeout: Seconds
+    attempts: Annotated[int, Count(1, 100)]
+    attempt_timeout: Annotated[Seconds, Span(1, DAY)]
     # Gentle cleanups before an aggressive one is tried (aggressive needs policy.allow_destructive).
-    gentle_cleanups: int
-    backoff: Seconds
-    backoff_max: Seconds
+    gentle_cleanups: Annotated[int, Count(0, 100)]
+    backoff: Annotated[Seconds, Span(0, HOUR)]
+    backoff_max: Annotated[Seconds, Span(0, DAY)]
 
 
 @dataclass(frozen=True)
@@ -99,7 +127,13 @@ class ProblemSettings:
     """Per-problem overrides, `[problems.<name>]`; unset keys fall back to [policy]."""
 
     enabled: bool | None = None
-    attempt_budget: int | None = None
+    attempt_budget: Annotated[int, Count(1, 100)] | None = None
+
+
+def crash_loop_problem(unit: str) -> str:
+    """The problem a crash-looping watched unit raises (detector/conditions.py names it so):
+    `containerd-crash-loop` for containerd.service."""
+    return f"{unit.removesuffix('.service')}-crash-loop"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 Checking happens per file (so an error names the file and line that caused it); building
 happens once on the merged result. Supported field types are the few a config needs: bool,
 int, float, str, Seconds, tuple[str, ...], Literal[...], `X | None`, nested dataclasses and
-`Mapping[str, Dataclass]` for tables keyed by name.
+`Mapping[str, Dataclass]` for tables keyed by name. `Annotated[T, check, ...]` adds checks
+(constraints.py) that run on the converted value: a value of the right type the daemon cannot
+work with is refused where it is written, not found out at run time.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import types
 import typing
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 from nodemedic.config.errors import Problem
 from nodemedic.config.tomlfile import KeyPath, TomlFile
@@ -26,6 +28,10 @@ class Seconds(float):
 
 def _dotted(key: KeyPath) -> str:
     return ".".join(key)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls, include_extras=True)
 
 
 def _describe(tp: Any) -> str:
@@ -50,6 +56,18 @@ def check_value(tp: Any, value: Any, source: TomlFile, key: KeyPath, problems: l
     """Record a problem if `value` cannot be converted to `tp`."""
     if (inner := _optional_inner(tp)) is not None:
         tp = inner
+    if get_origin(tp) is Annotated:
+        base, *checks = get_args(tp)
+        before = len(problems)
+        check_value(base, value, source, key, problems)
+        if len(problems) == before:
+            converted = convert(base, value)
+            for check in checks:
+                try:
+                    check(converted)
+                except ValueError as err:
+                    problems.append(source.problem(key, f"{_dotted(key)}: {err}"))
+        return
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             problems.append(source.problem(key, f"{_dotted(key)} must be a table"))
@@ -72,7 +90,7 @@ def check_value(tp: Any, value: Any, source: TomlFile, key: KeyPath, problems: l
 
 def check_table(cls: type, table: dict[str, Any], source: TomlFile, prefix: KeyPath,
                 problems: list[Problem]) -> None:
-    hints = get_type_hints(cls)
+    hints = _hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     for name, value in table.items():
         key = prefix + (name,)
@@ -86,6 +104,12 @@ def convert(tp: Any, value: Any) -> Any:
     """Convert a TOML value to `tp`, raising ValueError with an operator-readable message."""
     if (inner := _optional_inner(tp)) is not None:
         return None if value is None else convert(inner, value)
+    if get_origin(tp) is Annotated:
+        base, *checks = get_args(tp)
+        converted = convert(base, value)
+        for check in checks:
+            check(converted)
+        return converted
     if tp is Seconds:
         return Seconds(parse_duration(value))
     if get_origin(tp) is Literal:
@@ -107,7 +131,7 @@ def convert(tp: Any, value: Any) -> Any:
 
 def build(cls: type, table: Mapping[str, Any], prefix: KeyPath = ()) -> Any:
     """Build a frozen dataclass from an already checked table; missing keys raise KeyError."""
-    hints = get_type_hints(cls)
+    hints = _hints(cls)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         tp = hints[f.name]

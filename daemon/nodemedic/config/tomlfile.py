@@ -24,6 +24,10 @@ _ARRAY_TABLE = re.compile(rf"^\s*\[\[\s*({_DOTTED})\s*\]\]")
 _ASSIGN = re.compile(rf"^\s*({_DOTTED})\s*=")
 _PART = re.compile(_KEY_PART)
 _DECODE_POSITION = re.compile(r"\(at line (\d+), column \d+\)")
+# Deeper than any real config or signature (they nest three levels at most), and far below
+# the depth at which tomllib's recursive parser, or our own merge, hits Python's recursion
+# limit: a deeper file is refused with its line instead of a RecursionError.
+MAX_NESTING = 32
 
 
 def _split_key(dotted: str) -> KeyPath:
@@ -76,6 +80,48 @@ class TomlFile:
         return Problem(self.path, self.line_of(key), message)
 
 
+def too_deep(text: str, limit: int = MAX_NESTING) -> int | None:
+    """The line on which arrays and inline tables nest deeper than `limit`, or None.
+
+    A small scanner, run before tomllib: strings and comments are skipped, so brackets in them
+    do not count; a table header `[a.b]` opens and closes on its line and never gets deep.
+    """
+    depth = 0
+    line = 1
+    i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line += 1
+        elif c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif c in "\"'":
+            quote = c * 3 if text.startswith(c * 3, i) else c
+            i += len(quote)
+            while i < n and not text.startswith(quote, i):
+                if text[i] == "\\" and c == '"' and i + 1 < n and text[i + 1] != "\n":
+                    i += 1  # an escaped character, maybe a quote (a line-ending backslash is not)
+                elif text[i] == "\n":
+                    if len(quote) == 1:
+                        break  # an unterminated string: tomllib reports it; the newline counts below
+                    line += 1
+                i += 1
+            else:
+                i += len(quote)
+            continue
+        elif c in "[{":
+            depth += 1
+            if depth > limit:
+                return line
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return None
+
+
 def read_toml(path: Path, display: Path | None = None) -> TomlFile:
     """Parse `path`; errors name `display` (the path as the operator knows it)."""
     shown = display or path
@@ -88,8 +134,12 @@ def read_toml(path: Path, display: Path | None = None) -> TomlFile:
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise ConfigError([Problem(shown, line, "not valid UTF-8")]) from None
+    if (deep := too_deep(text)) is not None:
+        raise ConfigError([Problem(shown, deep, f"arrays or tables nested more than {MAX_NESTING} deep")])
     try:
         data = tomllib.loads(text)
+    except RecursionError:  # not reached after too_deep(); kept so no input can escape as a traceback
+        raise ConfigError([Problem(shown, 1, "nested too deeply to parse")]) from None
     except tomllib.TOMLDecodeError as err:
         message = str(err)
         position = _DECODE_POSITION.search(message)

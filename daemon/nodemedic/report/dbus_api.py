@@ -32,7 +32,7 @@ class Steering(Protocol):
     def api_repair(self, problem: str) -> str: ...
     def api_plan(self, problem: str) -> list[str]: ...
     def api_forget(self, problem: str) -> None: ...
-    def api_reload(self) -> None: ...
+    async def api_reload(self) -> tuple[bool, list[str]]: ...
     def api_check(self, member: str, args: list[object]) -> None: ...
 
 
@@ -82,8 +82,12 @@ class NodemedicInterface(ServiceInterface):
         self.daemon.api_forget(problem)
 
     @method()
-    def Reload(self) -> None:  # noqa: N802
-        self.daemon.api_reload()
+    async def Reload(self) -> "bas":  # noqa: F821, N802 - reloaded?, and what was applied or why not
+        # Answered when the reload is over, so `nodemedic reload` (ExecReload=) reports its real
+        # outcome to `systemctl reload`. A refusal is a normal reply, not a D-Bus error: raised
+        # from an async method, dbus-next 0.2.3 would also log the error as a crash.
+        ok, lines = await self.daemon.api_reload()
+        return [ok, lines]
 
     @signal()
     def ProblemChanged(self, problem: str, state: str) -> "ss":  # noqa: F821, N802
