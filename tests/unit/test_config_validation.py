@@ -285,3 +285,32 @@ def test_load_config_alone_still_checks_values(tmp_path):
     write(tmp_path, DROPIN, "[journal]\nbatch_size = 0\n")
     with pytest.raises(ConfigError):
         load_config(HostRoot(tmp_path))
+
+
+# ---- the manual says what the code enforces ------------------------------------------------------
+
+MAN5 = Path(__file__).resolve().parents[2] / "docs/man/nodemedic.toml.5"
+
+
+def _man_entry(key: str) -> str:
+    """The text of one key's entry in nodemedic.toml(5), roff as written."""
+    section, name = key.rsplit(".", 1)
+    man = MAN5.read_text()
+    start = man.index(f".SH [{section}]\n")
+    end = man.find("\n.SH ", start + 1)
+    body = man[start:end]
+    entry = body.index(f".TP\n.B {name}\n")
+    following = body.find("\n.TP\n", entry + 4)
+    return body[entry:following if following >= 0 else None]
+
+
+def test_the_manual_gives_every_bound_and_marks_every_start_only_key():
+    from nodemedic.config.constraints import Range
+    from nodemedic.config.live import RESTART_ONLY
+    from nodemedic.config.model import ProblemSettings
+
+    for name, checks in [*_numeric_leaves(Settings), *_numeric_leaves(ProblemSettings, "problems.NAME.")]:
+        [bounds] = [c for c in checks if isinstance(c, Range)]
+        assert bounds.describe() in _man_entry(name), f"nodemedic.toml(5) does not say {name}: {bounds.describe()}"
+    for key in RESTART_ONLY:
+        assert "Read only at start" in _man_entry(".".join(key)), f"{'.'.join(key)} is not marked read only at start"

@@ -257,9 +257,16 @@ def test_version_agrees_between_pyproject_and_changelog() -> None:
     assert match.group(1).split("-")[0] == version
 
 
+# Installed only where systemd knows Type=notify-reload (>= 253: Debian 13 and later), as
+# /usr/lib/systemd/system/nodemedic.service.d/notify-reload.conf; the per-suite packaging wires it.
+NOTIFY_RELOAD_DROPIN = "nodemedic-notify-reload.conf"
+
+
 def test_rules_installs_every_file_in_units() -> None:
     rules = (DEBIAN / "rules").read_text()
     for unit in sorted(UNITS.iterdir()):
+        if unit.name == NOTIFY_RELOAD_DROPIN:
+            continue
         assert f"units/{unit.name}" in rules, f"debian/rules does not install units/{unit.name}"
 
 
@@ -289,14 +296,28 @@ def test_service_is_a_notify_daemon_with_watchdog_reload_and_directories(service
     s = service["Service"]
     assert s["Type"] == ["notify"]
     assert s["ExecStart"] == ["/usr/bin/nodemedic run"]
-    assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # Not /bin/kill: procps is not in a minimal Debian 12; nodemedic's own command waits for the outcome.
+    assert s["ExecReload"] == ["/usr/bin/nodemedic reload $MAINPID"]
     assert s["Restart"] == ["on-failure"]
+    # An invalid configuration exits 78 (EX_CONFIG) and is not restarted every RestartSec for ever.
+    assert s["RestartPreventExitStatus"] == ["78"]
     assert s["WatchdogSec"] and s["WatchdogSec"][0] != "0"
     assert s["NotifyAccess"] == ["main"]
     defaults = tomllib.loads(DEFAULTS.read_text())["daemon"]
     assert f"/var/lib/{s['StateDirectory'][0]}" == defaults["state_dir"]
     assert f"/run/{s['RuntimeDirectory'][0]}" == defaults["runtime_dir"]
     assert service["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_exit_status_of_a_config_error_is_the_one_the_unit_does_not_restart(service) -> None:
+    from nodemedic.daemon import EX_CONFIG
+
+    assert service["Service"]["RestartPreventExitStatus"] == [str(EX_CONFIG)]
+
+
+def test_notify_reload_dropin_lets_systemd_signal_and_wait_instead_of_execreload() -> None:
+    dropin = parse_unit(UNITS / NOTIFY_RELOAD_DROPIN)
+    assert dropin == {"Service": {"Type": ["notify-reload"], "ReloadSignal": ["SIGHUP"], "ExecReload": [""]}}
 
 
 def test_service_is_hardened(service) -> None:

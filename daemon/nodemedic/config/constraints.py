@@ -30,6 +30,11 @@ class Range:
     def _show(self, bound: float) -> str:
         return f'"{format_duration(bound)}"' if self.seconds else f"{bound:g}"
 
+    def describe(self) -> str:
+        """As nodemedic.toml(5) words it: "Between 1 and 100000." """
+        show = (lambda b: format_duration(b) if b else "0") if self.seconds else (lambda b: f"{b:g}")
+        return f"Between {show(self.low)} and {show(self.high)}."
+
     def __call__(self, value: float) -> None:
         if self.low is not None and value < self.low:
             raise ValueError(f"must be at least {self._show(self.low)}, got {self._show(value)}")
