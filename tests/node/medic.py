@@ -53,7 +53,8 @@ def start_nodemedic(node: Node, extra: str = "", *, bootstrapping: bool = False)
     node.systemctl("reload", "dbus")
     node.write_file("/etc/nodemedic/conf.d/50-test.toml", TEST_CONFIG + extra)
     # The test bed installs the wheel, whose entry point lives in /usr/local/bin.
-    node.drop_in("nodemedic.service", "10-testbed", "[Service]\nExecStart=\nExecStart=/usr/local/bin/nodemedic run\n")
+    node.drop_in("nodemedic.service", "10-testbed", "[Service]\nExecStart=\nExecStart=/usr/local/bin/nodemedic run\n"
+                 "ExecReload=\nExecReload=/usr/local/bin/nodemedic reload $MAINPID\n")
     node.drop_in("nodemedic-step@.service", "10-testbed",
                  "[Service]\nExecStart=\nExecStart=/usr/local/bin/nodemedic step %i\n")
     if bootstrapping:

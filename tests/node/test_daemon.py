@@ -97,7 +97,8 @@ def test_reload_applies_a_dropin_and_keeps_the_old_config_on_error(medic: Node):
                    what="observe mode in Status")
     cursor = medic.cursor()
     medic.write_file("/etc/nodemedic/conf.d/70-broken.toml", "[policy]\ncooldwn = 1\n")
-    medic.systemctl("reload", "nodemedic")
+    # ExecReload waits for the outcome: a refused configuration fails `systemctl reload`.
+    assert medic.systemctl("reload", "nodemedic", check=False).returncode != 0
     rejected = medic.wait_for(lambda: nodemedic_entries(medic, Kind.CONFIG_REJECTED, cursor), what="rejection")
     assert "70-broken.toml:2: unknown key 'policy.cooldwn'" in rejected[-1]["MESSAGE"]
     assert medic.unit_state("nodemedic.service").active_state == "active"
