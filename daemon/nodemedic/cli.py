@@ -253,7 +253,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     from nodemedic.report import dbus_api
 
     try:
-        ok, lines = asyncio.run(dbus_api.call("Reload"))
+        ok, lines = asyncio.run(dbus_api.call("Reload"))  # answered when the reload is over
     except dbus_api.NotRunning as err:
         if args.pid is None:
             print(f"nodemedic: {err}", file=sys.stderr)
@@ -270,7 +270,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     except dbus_api.Refused as err:
         print(f"nodemedic: {err}", file=sys.stderr)
         return EXIT_INVALID
-    for line in lines:  # type: ignore[attr-defined]
+    for line in lines if isinstance(lines, list) else []:
         print(line if ok else f"nodemedic: reload refused: {line}", file=sys.stdout if ok else sys.stderr)
     return EXIT_OK if ok else EXIT_INVALID
 

@@ -25,19 +25,18 @@ from nodemedic.config.constraints import (
 )
 from nodemedic.config.schema import Seconds
 
-MINUTE = 60.0
 HOUR = 3600.0
 DAY = 86400.0
 
-Path_ = Annotated[str, AbsolutePath()]
+AbsPath = Annotated[str, AbsolutePath()]
 
 
 @dataclass(frozen=True)
 class Daemon:
     mode: Literal["repair", "observe"]
     units: Annotated[tuple[str, ...], Length(1, 64), Each(UNIT_NAME)]
-    state_dir: Path_
-    runtime_dir: Path_
+    state_dir: AbsPath
+    runtime_dir: AbsPath
 
 
 @dataclass(frozen=True)
@@ -52,11 +51,11 @@ class Journal:
 
 @dataclass(frozen=True)
 class Paths:
-    cni_conf_dir: Path_
-    cni_bin_dir: Path_
-    containerd_root: Path_
-    containerd_config: Path_
-    containerd_socket: Path_
+    cni_conf_dir: AbsPath
+    cni_bin_dir: AbsPath
+    containerd_root: AbsPath
+    containerd_config: AbsPath
+    containerd_socket: AbsPath
 
 
 @dataclass(frozen=True)
