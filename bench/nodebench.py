@@ -46,7 +46,8 @@ cooldown_max = "0s"
 placeholder = "always"
 """
 JOURNALD = "[Journal]\nRateLimitIntervalSec=0\nSystemMaxUse=2G\n"
-NODEMEDIC_DROPIN = "[Service]\nExecStart=\nExecStart=/usr/local/bin/nodemedic run\n"
+NODEMEDIC_DROPIN = ("[Service]\nExecStart=\nExecStart=/usr/local/bin/nodemedic run\n"
+                    "ExecReload=\nExecReload=/usr/local/bin/nodemedic reload $MAINPID\n")
 # kubelet.service's process copies whatever is written into the FIFO to its stdout, so journald
 # stamps those lines with the trusted _SYSTEMD_UNIT=kubelet.service. `<>` keeps the FIFO open
 # for writing too, so `cat` never sees EOF between writers.
