@@ -10,12 +10,15 @@ from nodemedic.detector.signatures import Signature, load_catalogue
 from nodemedic.hostroot import HostRoot
 from tests.conftest import REPO
 from tests.unit.corpus import (
+    COMPONENT_OF_UNIT,
     CORPUS_DIR,
+    RELEASES,
     STARTUP_NEGATIVES,
     Sample,
     formats_of,
     read_corpus,
     read_plain,
+    read_spans,
     renderings,
     signature_ids,
 )
@@ -65,6 +68,28 @@ def test_every_format_a_unit_writes_has_a_positive_variant(signature):
             assert "klog-json" in have
         if unit == "containerd.service":
             assert "logrus-json" in have
+
+
+def test_every_supported_release_has_a_positive_variant(signature):
+    """Each unit the signature trusts: every release line of its component (kubelet 1.20-1.36,
+    containerd 1.6-2.3, kubeadm 1.20-1.36) is covered by a `# src:` block with a '+' line, or
+    by a `# absent:` header saying why that release never writes the failure."""
+    path = CORPUS_DIR / f"{signature.id}.log"
+    samples = read_corpus(path)
+    for unit in signature.units:
+        component = COMPONENT_OF_UNIT[unit]
+        covered = {r for s in samples if s.expect_match and s.span is not None and s.span.component == component
+                   and not s.span.absent for r in s.span.releases()}
+        covered |= {r for span in read_spans(path) if span.absent and span.component == component
+                    for r in span.releases()}
+        missing = [f"v{major}.{minor}" for major, minor in RELEASES[component] if (major, minor) not in covered]
+        assert not missing, f"{unit}: no '# src: {component} ...' block with a '+' line for {missing}"
+
+
+def test_absent_headers_head_no_positive_line(signature):
+    for sample in read_corpus(CORPUS_DIR / f"{signature.id}.log"):
+        if sample.span is not None and sample.span.absent:
+            assert not sample.expect_match, f"{sample.where()}: a '+' line under '# absent:'"
 
 
 def test_corpus_lines_match_as_annotated_in_every_format(signature):
