@@ -66,6 +66,10 @@ def _unquote(quoted: str) -> str:
     body = quoted[1:-1]
     if "\\" not in body:
         return body
+    if body.count("\\") == body.count('\\"'):
+        # only escaped quotes (an error quoting a name inside a value): two C-level passes, not
+        # json.loads; a backslash-backslash pair counts 2 backslashes and no quote, so never here
+        return body.replace('\\"', '"')
     try:
         return str(json.loads(quoted))
     except ValueError:  # Go escapes JSON lacks (\x1b, \a, \U0001f600): keep the escaped char
@@ -187,9 +191,13 @@ def _klog(rest: str, level: str, source: str) -> Record:
 def decode(text: str) -> Record:
     """The record in `text`; plain text when no known format fits."""
     text = text.strip()
-    prefix = _SYSLOG.match(text)
-    if prefix:
-        text = text[prefix.end():]
+    # The syslog/journalctl prefix only on pasted lines: a line that already starts as a klog
+    # header, a logfmt or JSON record cannot carry one, so its regex is skipped for those.
+    first = text[:1]
+    if not ((first in _KLOG_LEVELS and text[1:2].isdigit()) or first == "{" or text.startswith("time=")):
+        prefix = _SYSLOG.match(text)
+        if prefix:
+            text = text[prefix.end():]
     if text.startswith("{") and text.endswith("}"):
         record = _json(text)
         if record is not None:

@@ -19,7 +19,7 @@ from typing import Literal
 from nodemedic.config.errors import ConfigError, Problem
 from nodemedic.config.schema import Seconds, build, check_table
 from nodemedic.config.tomlfile import TomlFile, read_toml
-from nodemedic.detector.decode import Record, decode
+from nodemedic.detector.decode import META_KEYS, Record, decode
 from nodemedic.detector.patterns import Pattern, PatternError
 from nodemedic.durations import format_duration
 from nodemedic.hostroot import HOST, HostRoot
@@ -139,17 +139,28 @@ class Signature:
                 said = f"message {_first_hit(self.message, msg)!r} hit"
         if self._error_any is None:
             return Verdict(True, said)
-        # where the cause can be: the record's own fields, else what follows the message
-        places = [(f"field {key}", value.encode("utf-8", errors="replace")) for key, value in record.details()]
-        places.append(("rest of the message" if self.message else "message", rest))
-        for place, text in places:
-            if self._error_any.search(text) is not None:
-                if not explain:
-                    return Verdict(True, "")
-                hit = f"error {_first_hit(self.error, text)!r} hit {place}"
-                return Verdict(True, ", ".join(filter(None, (said, hit))))
-        looked = ", ".join(place for place, _ in places)
-        return Verdict(False, ", ".join(filter(None, (said, f"no error pattern hit ({looked})"))))
+        # where the cause can be: the record's own fields, else what follows the message; each
+        # field encoded only when reached (the cause is usually the first)
+        error_any = self._error_any
+        for key, value in record.fields:
+            if key not in META_KEYS:
+                text = value.encode("utf-8", errors="replace")
+                if error_any.search(text) is not None:
+                    return self._error_hit(said, f"field {key}", text, explain)
+        if error_any.search(rest) is not None:
+            return self._error_hit(said, "rest of the message" if self.message else "message", rest, explain)
+        places = [f"field {key}" for key, _ in record.details()]
+        places.append("rest of the message" if self.message else "message")
+        return Verdict(False, ", ".join(filter(None, (said, f"no error pattern hit ({', '.join(places)})"))))
+
+    def _error_hit(self, said: str, place: str, text: bytes, explain: bool) -> Verdict:
+        if not explain:
+            return _HIT
+        hit = f"error {_first_hit(self.error, text)!r} hit {place}"
+        return Verdict(True, ", ".join(filter(None, (said, hit))))
+
+
+_HIT = Verdict(True, "")
 
 
 def _first_hit(patterns: tuple[Pattern, ...], text: bytes) -> str:
