@@ -124,3 +124,16 @@ def test_real_containerd_startup_lines_match_nothing():
     assert len(samples) >= 20, "capture more real containerd start-up output"
     for sample in samples + [r for s in samples for r in renderings(s)]:
         assert MATCHER.match(sample.message) == [], sample.where()
+
+
+def test_the_literal_gate_loses_no_line_and_bytes_match_as_text():
+    """Behind the RE2 gate, match() gives what trying every signature of the source gives."""
+    lines = [s.message for sid in signature_ids() for s in _all_samples(sid)]
+    lines += [s.message for s in read_plain(STARTUP_NEGATIVES)]
+    for line in lines:
+        assert MATCHER.match(line.encode("utf-8")) == MATCHER.match(line)
+        for unit in MATCHER.units():
+            for origin in ("unit", "manager"):
+                expected = [s for s in MATCHER.signatures
+                            if unit in s.units and s.origin == origin and s.matches(line)]
+                assert MATCHER.match(line, unit, origin) == expected, (line, unit, origin)

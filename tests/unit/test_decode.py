@@ -69,3 +69,18 @@ def test_klog_json_levels_and_free_text():
     assert decode('{"ts":1.5,"caller":"a/b.go:1","msg":"m","err":"e"}').level == "error"
     assert decode('{"no":"msg"}').format == "text"
     assert decode("[kubelet-check] Initial timeout of 40s passed.").format == "text"
+
+
+@given(st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e).map(lambda c: c), max_size=40))
+def test_quoted_values_decode_as_json_would(value):
+    """The escaped-quotes-only shortcut and json.loads agree (backslash pairs take the slow path)."""
+    line = f'time="2026-11-30T10:00:00Z" level=error msg="m" error={json.dumps(value)}'
+    assert decode(line).field("error") == value
+
+
+def test_a_syslog_prefix_is_still_stripped_when_the_program_name_starts_like_a_record():
+    # the prefix regex is skipped only for lines starting as klog, `time=` or JSON
+    record = decode('tailscaled[812]: time="2026-11-30T10:00:00Z" level=error msg="boom" error="x"')
+    assert (record.format, record.msg, record.field("error")) == ("logfmt", "boom", "x")
+    record = decode('Nov 30 12:00:01 node-1 kubelet[812]: E1130 10:00:00.000001    812 kubelet.go:1] "m" err="e"')
+    assert (record.format, record.msg, record.field("err")) == ("klog-structured", "m", "e")
