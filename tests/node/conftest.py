@@ -3,6 +3,15 @@
 Every test in tests/node that uses the `node` fixture is marked `node` automatically. A node test
 never skips: without root or the tools it fails and says what is missing, so CI cannot pass by
 running nothing.
+
+Stacks (testbed/stacks.py): a module says which stacks its tests run on in one line,
+
+    pytestmark = [pytest.mark.node, pytest.mark.stacks("trixie", "bookworm", "trixie-containerd2")]
+
+and every test that uses `node` (or `stack`) runs once per stack, all of a module's tests on one
+stack before the next (`test_x[bookworm]`). A module that declares nothing runs on
+`stacks.DEFAULT` (trixie, Debian's stable release) only. NODEMEDIC_TESTBED_STACKS=a,b deselects
+(never skips) the other stacks for a run.
 """
 
 from __future__ import annotations
@@ -23,11 +32,20 @@ for p in (str(HERE.parents[1]), str(HERE.parents[1] / "daemon")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from tests.node.testbed import faults  # noqa: E402
+from tests.node.testbed import faults, stacks  # noqa: E402
 from tests.node.testbed.node import Node, boot_node  # noqa: E402
+from tests.node.testbed.stacks import Stack  # noqa: E402
+
+STACKS_ENV = "NODEMEDIC_TESTBED_STACKS"
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "stacks(*names): the test bed stacks (testbed/stacks.py) a node test runs on; "
+        f"default: {stacks.DEFAULT} only",
+    )
+
     # CI stops a run with SIGTERM: turn it into an interrupt so fixtures still halt and remove
     # their nodes (Python's default for SIGTERM would skip every finalizer).
     def interrupt(signum: int, frame: object) -> None:
@@ -36,10 +54,41 @@ def pytest_configure(config: pytest.Config) -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def declared_stacks(definition: pytest.Item) -> list[str]:
+    """The stacks a test declared with the `stacks` marker (closest wins), else the default."""
+    marker = definition.get_closest_marker("stacks")
+    names = list(marker.args) if marker is not None else [stacks.default_stack().name]
+    if not names:
+        raise ValueError(f"{definition.nodeid}: @pytest.mark.stacks() names no stack")
+    for name in names:
+        stacks.get(name)  # an unknown name fails collection, loudly
+    return names
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # `stack` is module-scoped and parametrized indirectly: pytest then runs a module's tests
+    # stack by stack, and each stack's module fixtures (the node first) are set up once.
+    if "stack" in metafunc.fixturenames:
+        names = declared_stacks(metafunc.definition)
+        metafunc.parametrize("stack", names, indirect=True, scope="module", ids=names)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "node" in getattr(item, "fixturenames", ()) and HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.node)
+    wanted = {s.strip() for s in os.environ.get(STACKS_ENV, "").split(",") if s.strip()}
+    for name in wanted:
+        stacks.get(name)
+    if wanted:
+        keep, drop = [], []
+        for item in items:
+            callspec = getattr(item, "callspec", None)
+            stack = callspec.params.get("stack") if callspec is not None else None
+            (drop if stack is not None and stack not in wanted else keep).append(item)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -63,11 +112,17 @@ def _dump(node: Node) -> None:
 
 
 @pytest.fixture(scope="module")
-def node(request: pytest.FixtureRequest) -> Iterator[Node]:
-    """One booted node per test module, with the working tree's nodemedic installed (not started).
-    Tests in a module share it, so every fault must be undone (use `inject`)."""
+def stack(request: pytest.FixtureRequest) -> Stack:
+    """The stack this run of the module's tests is on (parametrized by pytest_generate_tests)."""
+    return stacks.get(getattr(request, "param", None))
+
+
+@pytest.fixture(scope="module")
+def node(request: pytest.FixtureRequest, stack: Stack) -> Iterator[Node]:
+    """One booted node per test module and stack, with the working tree's nodemedic installed (not
+    started). Tests in a module share it, so every fault must be undone (use `inject`)."""
     prefix = "nm-" + request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")[:20]
-    n = boot_node(prefix)
+    n = boot_node(prefix, stack=stack)
     try:
         yield n
     finally:

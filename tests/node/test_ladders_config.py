@@ -29,7 +29,7 @@ from tests.node.medic import (
 from tests.node.testbed import faults
 from tests.node.testbed.node import NODE_PYTHON, Node
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, pytest.mark.stacks("trixie", "bookworm", "trixie-containerd2")]
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from tests.node.medic import (
 from tests.node.testbed import faults
 from tests.node.testbed.node import Node
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, pytest.mark.stacks("trixie", "bookworm", "trixie-containerd2")]
 
 ROOT = faults.CONTAINERD_ROOT
 SNAPSHOTTER = f"{ROOT}/io.containerd.snapshotter.v1.overlayfs"

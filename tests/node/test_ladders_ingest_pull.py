@@ -49,7 +49,7 @@ from tests.node.testbed import faults, images
 from tests.node.testbed.node import NODE_PYTHON, Node
 from tests.node.testbed.registry import Registry
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, pytest.mark.stacks("trixie", "bookworm", "trixie-containerd2")]
 
 SIGNATURE = "containerd-pull-failed-commit-on-ref"
 PULL_UNIT = "nmtest-pull-interrupted.service"

@@ -30,7 +30,7 @@ from tests.node.medic import (
 from tests.node.testbed import faults, pods
 from tests.node.testbed.node import Node
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, pytest.mark.stacks("trixie", "bookworm", "trixie-containerd2")]
 
 PROBLEM = "cni-bridge-conflict"
 BRIDGE = "cni0"

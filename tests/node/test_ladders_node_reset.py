@@ -31,7 +31,7 @@ from tests.node.medic import (
 from tests.node.testbed import faults
 from tests.node.testbed.node import Node
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, pytest.mark.stacks("trixie", "bookworm", "trixie-containerd2")]
 
 PROBLEM = "containerd-crash-loop"
 MASKED = "/etc/nodemedic/signatures.d/containerd-metadata-bolt-corrupt.toml"

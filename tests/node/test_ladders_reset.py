@@ -40,7 +40,7 @@ from tests.node.medic import (
 from tests.node.testbed import faults
 from tests.node.testbed.node import Node
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, pytest.mark.stacks("trixie", "bookworm", "trixie-containerd2")]
 
 META = faults.META_DB
 PROBLEM = "containerd-metadata-corrupt"

@@ -27,8 +27,9 @@ import pytest
 from nodemedic.report.journal import Kind
 from tests.node.testbed import faults
 from tests.node.testbed.node import Node, boot_node
+from tests.node.testbed.stacks import Stack
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, pytest.mark.stacks("trixie", "bookworm", "trixie-containerd2", "forky")]
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_EXPOSURE = 3.0
@@ -102,8 +103,8 @@ def existing(node: Node, paths: set[str] | list[str]) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def pkg_node(request: pytest.FixtureRequest, debs: dict[str, Path]) -> Iterator[Node]:
-    node = boot_node("nm-package", install=False)
+def pkg_node(request: pytest.FixtureRequest, debs: dict[str, Path], stack: Stack) -> Iterator[Node]:
+    node = boot_node("nm-package", install=False, stack=stack)
     try:
         # The image carries a nodemedic runtime for the other node tests: the package must not
         # lean on it, so it goes (and with it /opt/venvs, which the package then owns).

@@ -4,6 +4,7 @@ component. These are the issue's "done when" tests and the contract later node t
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import time
 
@@ -13,7 +14,8 @@ from nodemedic.probes.cri import CriUnavailable
 from tests.node.testbed import faults, image
 from tests.node.testbed.node import Node
 
-pytestmark = pytest.mark.node
+# The test bed's own tests prove every stack boots and its faults work there.
+pytestmark = [pytest.mark.node, pytest.mark.stacks("trixie", "bookworm", "trixie-containerd2", "forky")]
 
 CNI_INIT_FAILED = re.compile(
     r'level=error msg="failed to load cni during init, please check CRI plugin status before setting up '
@@ -64,6 +66,23 @@ def test_node_runs_real_systemd_journald_dbus_containerd(node: Node) -> None:
     assert [ln.split(":")[1].strip() for ln in links.splitlines()] == ["lo"], links
 
 
+def test_node_is_the_stack_it_claims(node: Node) -> None:
+    """The image's manifest, the running components and the cgroup layout are the stack's."""
+    manifest = json.loads(node.read_file("/etc/nodemedic-testbed.json"))
+    assert manifest["stack"] == node.stack.name
+    packages = manifest["packages"]
+    for package, prefix in node.stack.expect.items():
+        if package != "python3":
+            assert packages[package].startswith(prefix), (package, packages[package], prefix)
+    version = node.run(["containerd", "--version"]).stdout
+    assert re.search(rf" v?{re.escape(node.stack.expect['containerd'])}", version), version
+    assert node.run(["systemctl", "--version"]).stdout.startswith(f"systemd {node.stack.expect['systemd']}")
+    py = node.run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]).stdout.strip()
+    assert py == node.stack.python == node.stack.expect["python3"]
+    fstype = node.run(["stat", "-f", "-c", "%T", "/sys/fs/cgroup"]).stdout.strip()
+    assert fstype == ("cgroup2fs" if node.stack.unified else "tmpfs"), fstype
+
+
 def test_nodemedic_installed_from_working_tree(node: Node) -> None:
     out = node.run(
         [
@@ -72,7 +91,8 @@ def test_nodemedic_installed_from_working_tree(node: Node) -> None:
             "import nodemedic, nodemedic.probes, systemd.journal, dbus_next, grpc; print(nodemedic.__file__)",
         ]
     )
-    assert out.stdout.strip().startswith("/opt/venvs/nodemedic/lib/python3.11/site-packages/nodemedic/")
+    py = node.stack.python
+    assert out.stdout.strip().startswith(f"/opt/venvs/nodemedic/lib/python{py}/site-packages/nodemedic/")
     assert (
         node.run(["readlink", "/usr/local/bin/nodemedic"]).stdout.strip()
         == "/opt/venvs/nodemedic/bin/nodemedic"

@@ -1,9 +1,9 @@
-"""Build and cache the node image: a debootstrapped Debian 12 root with systemd, D-Bus, containerd
-and nodemedic's Python runtime, stored as one zstd tarball.
+"""Build and cache the node images: per stack (testbed/stacks.py) a debootstrapped Debian root with
+systemd, D-Bus, containerd and nodemedic's Python runtime, stored as one zstd tarball.
 
-The tarball's name is a hash of everything that goes into it (package list, pinned wheels, the
-build recipe), so a change to any of them builds a new image and an unchanged tree reuses the
-cached one. The cache lives outside the repository (`$NODEMEDIC_TESTBED_CACHE`, default
+The tarball's name is the stack plus a hash of everything that goes into it (suite, package list,
+pinned wheels, the build recipe), so a change to any of them builds a new image of that stack and
+an unchanged tree reuses the cached one. The cache lives outside the repository (`$NODEMEDIC_TESTBED_CACHE`, default
 /var/cache/nodemedic-testbed) so every clone and every CI run on the machine share it.
 """
 
@@ -21,11 +21,13 @@ import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from . import stacks
+from .stacks import Stack
+
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[2]
 REQUIREMENTS = HERE.parent / "node-requirements.txt"
 
-SUITE = "bookworm"
 MIRROR = os.environ.get("NODEMEDIC_TESTBED_MIRROR", "http://deb.debian.org/debian")
 
 # What a kubelet node of ours runs, plus what nodemedic needs at run time. Recommends are not
@@ -56,7 +58,7 @@ PACKAGES = (
 )
 
 # Bump when the build steps below change in a way the package list does not show.
-RECIPE = 2
+RECIPE = 3
 
 NODE_VENV = "/opt/venvs/nodemedic"
 NODE_WHEELHOUSE = "/opt/venvs/wheelhouse"
@@ -99,13 +101,14 @@ def project_dependencies(repo: Path = REPO_ROOT) -> list[str]:
         return list(tomllib.load(f).get("project", {}).get("dependencies", []))
 
 
-def wheelhouse_key(extra: Sequence[str] = ()) -> str:
-    return hashlib.sha256("\n".join(_pins() + sorted(extra)).encode()).hexdigest()[:16]
+def wheelhouse_key(extra: Sequence[str] = (), python: str = "3.11") -> str:
+    return hashlib.sha256("\n".join([f"python {python}", *_pins(), *sorted(extra)]).encode()).hexdigest()[:16]
 
 
-def image_key() -> str:
+def image_key(stack: Stack | str | None = None) -> str:
+    st = stacks.get(stack)
     spec = {
-        "suite": SUITE,
+        "stack": [st.name, st.suite, st.script, st.python, list(st.backports), st.backport_suite],
         "packages": sorted(PACKAGES),
         "pins": _pins(),
         "recipe": RECIPE,
@@ -115,8 +118,9 @@ def image_key() -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def image_path() -> Path:
-    return cache_dir() / f"node-{image_key()}.tar.zst"
+def image_path(stack: Stack | str | None = None) -> Path:
+    st = stacks.get(stack)
+    return cache_dir() / f"node-{st.name}-{image_key(st)}.tar.zst"
 
 
 class _Lock:
@@ -162,12 +166,14 @@ def _run(argv: list[str], log_file: Path | None = None, **kw: object) -> None:
         subprocess.run(argv, check=True, **kw)  # type: ignore[call-overload]
 
 
-def ensure_wheelhouse(extra: Sequence[str] = (), log: Log = _stderr) -> Path:
+def ensure_wheelhouse(extra: Sequence[str] = (), log: Log = _stderr, python: str = "3.11") -> Path:
     """Wheels for the pins in node-requirements.txt plus `extra` requirements (the working tree's
     pyproject dependencies, which may have grown since the image was built), downloaded once
-    into the cache. `pip download` with explicit --python-version/--platform picks the node's
-    cp311 manylinux wheels whichever Python runs this; --only-binary compiles nothing here."""
-    dest = cache_dir() / f"wheelhouse-{wheelhouse_key(extra)}"
+    into the cache, one wheelhouse per node python (`python`, e.g. "3.13"). `pip download` with
+    explicit --python-version/--abi/--platform picks the node's manylinux wheels whichever
+    Python runs this; --only-binary compiles nothing here, so a pin without a wheel for one of
+    the stacks' pythons fails here, loudly."""
+    dest = cache_dir() / f"wheelhouse-{wheelhouse_key(extra, python)}"
     if dest.is_dir():
         os.utime(dest)  # "recently used", for prune_cache
         return dest
@@ -187,11 +193,11 @@ def ensure_wheelhouse(extra: Sequence[str] = (), log: Log = _stderr) -> Path:
             "--disable-pip-version-check",
             "--only-binary=:all:",
             "--python-version",
-            "3.11",
+            python,
             "--implementation",
             "cp",
             "--abi",
-            "cp311",
+            "cp" + python.replace(".", ""),
             "--platform",
             "manylinux_2_17_x86_64",
             "--platform",
@@ -208,7 +214,7 @@ def ensure_wheelhouse(extra: Sequence[str] = (), log: Log = _stderr) -> Path:
             subprocess.run(argv, check=True, capture_output=True, text=True)
         except subprocess.CalledProcessError as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise RuntimeError(f"pip download for the node failed:\n{e.stdout}\n{e.stderr}") from None
+            raise RuntimeError(f"pip download for the node's python {python} failed:\n{e.stdout}\n{e.stderr}") from None
         (tmp / "requirements.txt").write_text("\n".join(_pins()) + "\n")
         os.rename(tmp, dest)
         return dest
@@ -251,18 +257,52 @@ def _write_media(root: Path) -> None:
         os.symlink(target, p)
 
 
-def _chroot(root: Path, argv: list[str], log_file: Path) -> None:
+def _chroot(root: Path, argv: list[str], log_file: Path, offline: bool = True) -> None:
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "LANG": "C.UTF-8",
         "HOME": "/root",
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-        "PIP_NO_INDEX": "1",
     }
+    if offline:
+        env["PIP_NO_INDEX"] = "1"
     _run(["chroot", str(root), *argv], log_file=log_file, env=env)
 
 
-def _customize(root: Path, wheels: Path, log_file: Path) -> None:
+# Mirrors of testing/unstable can carry a Release file whose Valid-Until has passed between two
+# archive pushes; apt would then refuse the suite. The image is built once and then frozen, so a
+# few hours' staleness does not matter here.
+APT_OPTS = ["-o", "Acquire::Check-Valid-Until=false", "-o", "Dpkg::Use-Pty=0"]
+
+
+def _install_backports(root: Path, stack: Stack, log_file: Path) -> None:
+    """The stack's `backports` from `backport_suite`, pinned so that only they come from there
+    (everything else stays on the stack's own suite: priority -1 forbids the rest). The source
+    and the pin are removed again: the node is offline, and `apt-cache policy` in it should show
+    the packages as they are, locally installed."""
+    if not stack.backports:
+        return
+    listfile = root / "etc/apt/sources.list.d/nodemedic-testbed-backports.list"
+    prefs = root / "etc/apt/preferences.d/nodemedic-testbed-backports"
+    listfile.write_text(f"deb {MIRROR} {stack.backport_suite} main\n")
+    prefs.write_text(
+        f"Package: {' '.join(stack.backports)}\nPin: release n={stack.backport_suite}\nPin-Priority: 990\n\n"
+        f"Package: *\nPin: release n={stack.backport_suite}\nPin-Priority: -1\n"
+    )
+    env_apt = ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", *APT_OPTS]
+    _chroot(root, [*env_apt, "update", "-q"], log_file, offline=False)
+    _chroot(
+        root,
+        [*env_apt, "install", "-y", "-q", "--no-install-recommends", *stack.backports],
+        log_file,
+        offline=False,
+    )
+    listfile.unlink()
+    prefs.unlink()
+
+
+def _customize(root: Path, wheels: Path, log_file: Path, stack: Stack) -> None:
+    _install_backports(root, stack, log_file)
     etc = root / "etc"
     (etc / "hostname").write_text("nmnode\n")
     (etc / "hosts").write_text(
@@ -323,29 +363,35 @@ def _customize(root: Path, wheels: Path, log_file: Path) -> None:
     shutil.rmtree(root / "root/.cache", ignore_errors=True)
 
 
-def _manifest(root: Path) -> dict[str, object]:
+def _manifest(root: Path, stack: Stack) -> dict[str, object]:
     out = subprocess.run(
-        ["chroot", str(root), "dpkg-query", "-W", "-f", "${Package} ${Version}\n", *PACKAGES],
+        ["chroot", str(root), "dpkg-query", "-W", "-f", "${Package} ${Version}\n", *PACKAGES, "libc6"],
         capture_output=True,
         text=True,
         check=False,
     )
     return {
-        "key": image_key(),
-        "suite": SUITE,
+        "key": image_key(stack),
+        "stack": stack.name,
+        "suite": stack.suite,
+        "backports": {p: stack.backport_suite for p in stack.backports},
         "packages": dict(ln.split(" ", 1) for ln in out.stdout.splitlines()),
         "pins": _pins(),
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
-def ensure_image(log: Log = _stderr) -> Path:
-    """Return the cached node tarball, building it first if this key has none."""
-    target = image_path()
+def ensure_image(stack: Stack | str | None = None, log: Log = _stderr) -> Path:
+    """Return the stack's cached node tarball, building it first if this key has none."""
+    st = stacks.get(stack)
+    target = image_path(st)
     if target.is_file():
+        os.utime(target)  # "recently used", for prune_cache
         return target
     cache = cache_dir()
-    with _Lock(cache / ".image.lock"):
+    # One lock per stack: two stacks build side by side (CI warms all of them at once), two
+    # builders of one stack wait for the first.
+    with _Lock(cache / f".image-{st.name}.lock"):
         if target.is_file():  # another builder finished while we waited
             return target
         for tool in ("debootstrap", "zstd", "tar", "chroot"):
@@ -353,32 +399,40 @@ def ensure_image(log: Log = _stderr) -> Path:
                 raise RuntimeError(
                     f"test bed image build needs `{tool}` on PATH (apt-get install debootstrap zstd)"
                 )
-        wheels = ensure_wheelhouse(log=log)
-        work = cache / f"build-{image_key()}-{os.getpid()}"
+        wheels = ensure_wheelhouse(log=log, python=st.python)
+        key = f"{st.name}-{image_key(st)}"
+        work = cache / f"build-{key}-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        log_file = cache / f"build-{image_key()}.log"
+        log_file = cache / f"build-{key}.log"
         log_file.write_text("")
         root = work / "root"
-        debs = cache / "debs"
+        # debootstrap's .deb cache, one per suite (file names carry versions, but two debootstraps
+        # must not write one file at once: stacks of one suite take turns here).
+        debs = cache / f"debs-{st.suite}"
         debs.mkdir(exist_ok=True)
         started = time.monotonic()
         log(f"building node image {target.name} (log: {log_file}); takes a few minutes the first time")
         try:
-            _run(
-                [
-                    "debootstrap",
-                    "--variant=minbase",
-                    f"--include={','.join(PACKAGES)}",
-                    f"--cache-dir={debs}",
-                    SUITE,
-                    str(root),
-                    MIRROR,
-                ],
-                log_file=log_file,
-            )
-            _customize(root, wheels, log_file)
-            (root / "etc/nodemedic-testbed.json").write_text(json.dumps(_manifest(root), indent=1) + "\n")
+            with _Lock(cache / f".debs-{st.suite}.lock"):
+                _run(
+                    [
+                        "debootstrap",
+                        "--variant=minbase",
+                        f"--include={','.join(PACKAGES)}",
+                        f"--cache-dir={debs}",
+                        st.suite,
+                        str(root),
+                        MIRROR,
+                        # bookworm's debootstrap knows no codename after trixie: forky is built
+                        # with sid's script.
+                        *([st.script] if st.script else []),
+                    ],
+                    log_file=log_file,
+                )
+            _customize(root, wheels, log_file, st)
+            manifest = _manifest(root, st)
+            (root / "etc/nodemedic-testbed.json").write_text(json.dumps(manifest, indent=1) + "\n")
             tmp_tar = work / "node.tar.zst"
             with open(tmp_tar, "wb") as out:
                 tar = subprocess.Popen(
@@ -404,7 +458,7 @@ def ensure_image(log: Log = _stderr) -> Path:
             os.rename(tmp_tar, target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        log(f"node image built in {time.monotonic() - started:.0f}s: {target}")
+        log(f"node image {st.name} built in {time.monotonic() - started:.0f}s: {target}")
         prune_cache(log=log)
         return target
 
@@ -424,16 +478,28 @@ def extract_image(tarball: Path, dest: Path) -> None:
         raise RuntimeError(f"unpacking {tarball} into {dest} failed")
 
 
-def prune_cache(keep: int = 3, max_age_days: float = 7.0, log: Log = _stderr) -> None:
-    """Old keys pile up as the package list and pins change: keep the newest `keep` images (other
-    checkouts on this machine may still use them) and wheelhouses used within `max_age_days`."""
+def _image_stack(path: Path) -> str:
+    """`node-<stack>-<key>.tar.zst` -> stack; images from before stacks (`node-<key>.tar.zst`)
+    were all bookworm's."""
+    name = path.name.removeprefix("node-").removesuffix(".tar.zst")
+    return name.rsplit("-", 1)[0] if "-" in name else "bookworm"
+
+
+def prune_cache(keep: int = 2, max_age_days: float = 7.0, log: Log = _stderr) -> None:
+    """Old keys pile up as the package list and pins change: keep the newest `keep` images of each
+    stack (other checkouts on this machine may still use an older key) and wheelhouses used within
+    `max_age_days`. "Newest" is by mtime, which ensure_image refreshes on every use."""
     cache = cache_dir()
+    current = {image_path(st) for st in stacks.STACKS.values()}
     images = sorted(cache.glob("node-*.tar.zst"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in images[keep:]:
-        if old != image_path():
-            log(f"removing old node image {old}")
-            old.unlink(missing_ok=True)
-            Path(str(old).replace("node-", "build-").replace(".tar.zst", ".log")).unlink(missing_ok=True)
+    per_stack: dict[str, int] = {}
+    for img in images:
+        n = per_stack[_image_stack(img)] = per_stack.get(_image_stack(img), 0) + 1
+        if n > keep and img not in current:
+            log(f"removing old node image {img}")
+            img.unlink(missing_ok=True)
+            log_name = img.name.replace("node-", "build-", 1).replace(".tar.zst", ".log")
+            (cache / log_name).unlink(missing_ok=True)
     cutoff = time.time() - max_age_days * 86400
     for wh in cache.glob("wheelhouse-*"):
         if wh.is_dir() and wh.stat().st_mtime < cutoff:

@@ -31,7 +31,8 @@ from typing import Any, TypeVar
 
 from nodemedic.probes.cri import CriCallFailed, CriStatus, CriUnavailable, ImageFsUsage
 
-from . import image
+from . import image, stacks
+from .stacks import Stack
 
 T = TypeVar("T")
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -165,8 +166,9 @@ os.replace(tmp, path)
 class Node:
     """A booted test node. Create with `boot_node()`; always `stop()` (the fixtures do)."""
 
-    def __init__(self, name: str, workdir: Path) -> None:
+    def __init__(self, name: str, workdir: Path, stack: Stack | None = None) -> None:
         self.name = name
+        self.stack = stack or stacks.default_stack()
         self.workdir = workdir
         self.root = workdir / "root"
         self.console_log = workdir / "console.log"
@@ -531,7 +533,7 @@ def _write_into_fresh_root(root: Path, path: str, data: str | bytes, mode: int =
     os.chmod(p, mode)
 
 
-def _provision(root: Path) -> None:
+def _provision(root: Path, stack: Stack) -> None:
     """Per-node files that change with the tests, not with the image (so editing them does not
     rebuild the image): the kubelet stand-in and its unit, the baseline CNI config."""
     from . import faults  # local: faults imports this module
@@ -546,7 +548,7 @@ def _provision(root: Path) -> None:
     os.symlink("/etc/systemd/system/kubelet.service", wants / "kubelet.service")
     # The wheelhouse pip installs nodemedic's dependencies from, offline: the image's pins plus
     # whatever the working tree's pyproject.toml asks for today.
-    wheels = image.ensure_wheelhouse(image.project_dependencies(), _log)
+    wheels = image.ensure_wheelhouse(image.project_dependencies(), _log, python=stack.python)
     wh = root / image.NODE_WHEELHOUSE.lstrip("/")
     shutil.rmtree(wh, ignore_errors=True)
     shutil.copytree(wheels, wh)
@@ -567,15 +569,23 @@ def _prerequisites() -> None:
         )
 
 
-def boot_node(prefix: str = "nmnode", *, install: bool = True, boot_timeout: float = 90.0) -> Node:
-    """Unpack a fresh root from the cached image, boot it, wait until systemd says the system is
-    up and containerd answers over CRI, and (by default) install the working tree's nodemedic."""
+def boot_node(
+    prefix: str = "nmnode",
+    *,
+    install: bool = True,
+    boot_timeout: float = 90.0,
+    stack: Stack | str | None = None,
+) -> Node:
+    """Unpack a fresh root from the stack's cached image (default: stacks.DEFAULT), boot it, wait
+    until systemd says the system is up and containerd answers over CRI, and (by default) install
+    the working tree's nodemedic."""
     _prerequisites()
-    tarball = image.ensure_image(_log)
+    st = stacks.get(stack)
+    tarball = image.ensure_image(st, _log)
     NODES_DIR.mkdir(parents=True, exist_ok=True)
     reap_stale_nodes()
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    node = Node(name, NODES_DIR / name)
+    node = Node(name, NODES_DIR / name, st)
     node.workdir.mkdir(parents=True)
     (node.workdir / "owner.pid").write_text(f"{os.getpid()}\n")
     try:
@@ -587,7 +597,7 @@ def boot_node(prefix: str = "nmnode", *, install: bool = True, boot_timeout: flo
 
         image.extract_image(tarball, node.root)
         lap("extract")
-        _provision(node.root)
+        _provision(node.root, st)
         lap("provision")
         argv = [
             "systemd-nspawn",
@@ -605,6 +615,7 @@ def boot_node(prefix: str = "nmnode", *, install: bool = True, boot_timeout: flo
             # containerd and runc mount overlays, set up namespaces and cgroups.
             "--capability=all",
             "--console=read-only",
+            *st.nspawn_flags(),
         ]
         node.cgroups = _cgroup_dirs(name)
         for d in node.cgroups:
@@ -628,6 +639,9 @@ def boot_node(prefix: str = "nmnode", *, install: bool = True, boot_timeout: flo
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=in_child,
+                # Only the stack decides the node's cgroup layout, never the caller's environment.
+                env={**{k: v for k, v in os.environ.items() if not k.startswith("SYSTEMD_NSPAWN_")},
+                     **st.nspawn_env()},  # fmt: skip
             )
         (node.workdir / "nspawn.pid").write_text(f"{node.proc.pid}\n")
 
@@ -658,7 +672,7 @@ def boot_node(prefix: str = "nmnode", *, install: bool = True, boot_timeout: flo
             lap("cri")
         took = ", ".join(f"{k} {v:.1f}s" for k, v in phases.items())
         total = time.monotonic() - started
-        _log(f"node {name} up in {total:.1f}s ({took}; init pid {node.pid}, root {node.root})")
+        _log(f"node {name} ({st.name}) up in {total:.1f}s ({took}; init pid {node.pid}, root {node.root})")
         return node
     except BaseException:
         node.stop()
