@@ -5,6 +5,8 @@ build  build (or find) the cached node images and wheelhouses — CI's warm-up s
 boot   boot a node (--stack S, default trixie), print how to enter it, keep it up until
        Ctrl-C / SIGTERM, then remove it
 clean  remove leftover nodes of dead test runs and old cached images
+capture  boot a node (--stack S), inject every fault, print its containerd/kubelet lines as JSON
+       lines with the signatures matching them (for tests/corpus, see capture.py)
 info   print the cache paths and each stack's image key
 """
 
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="nodebed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("command", choices=["build", "boot", "clean", "info"])
+    p.add_argument("command", choices=["build", "boot", "clean", "info", "capture"])
     p.add_argument(
         "--no-install", action="store_true", help="boot: do not install the working tree's nodemedic"
     )
@@ -53,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             img = image.image_path(st)
             print(f"{st.name + ':':20} {img} (exists: {img.is_file()})")
         print(f"nodes:  {node.NODES_DIR}")
+    elif args.command == "capture":
+        from . import capture
+
+        return capture.main((args.stack or [stacks.DEFAULT])[-1])
     elif args.command == "clean":
         node.reap_stale_nodes()
         image.prune_cache()

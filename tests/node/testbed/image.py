@@ -115,6 +115,8 @@ def image_key(stack: Stack | str | None = None) -> str:
         "masked": sorted(MASKED_UNITS),
         "media": [MEDIA_SPEC, MEDIA_LINKS],
     }
+    if st.base:
+        spec["base"] = image_key(st.base)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -282,6 +284,10 @@ def _install_backports(root: Path, stack: Stack, log_file: Path) -> None:
     the packages as they are, locally installed."""
     if not stack.backports:
         return
+    resolv = root / "etc/resolv.conf"
+    saved = resolv.read_bytes() if resolv.is_file() and not resolv.is_symlink() else None
+    resolv.unlink(missing_ok=True)
+    shutil.copyfile("/etc/resolv.conf", resolv)  # apt in the chroot resolves through the host's
     listfile = root / "etc/apt/sources.list.d/nodemedic-testbed-backports.list"
     prefs = root / "etc/apt/preferences.d/nodemedic-testbed-backports"
     listfile.write_text(f"deb {MIRROR} {stack.backport_suite} main\n")
@@ -299,6 +305,9 @@ def _install_backports(root: Path, stack: Stack, log_file: Path) -> None:
     )
     listfile.unlink()
     prefs.unlink()
+    resolv.unlink()
+    if saved is not None:
+        resolv.write_bytes(saved)
 
 
 def _customize(root: Path, wheels: Path, log_file: Path, stack: Stack) -> None:
@@ -348,6 +357,10 @@ def _customize(root: Path, wheels: Path, log_file: Path, stack: Stack) -> None:
         [f"{NODE_VENV}/bin/python", "-c", "import grpc, cri_api.v1.api_pb2, systemd.journal, dbus_next"],
         log_file,
     )
+    _drop_caches(root)
+
+
+def _drop_caches(root: Path) -> None:
     # Nothing of the build's download caches, and no docs: every node unpacks the whole image,
     # so each megabyte left out is boot time saved.
     for d in ("var/cache/apt", "var/cache/apt/archives", "var/lib/apt/lists"):
@@ -381,6 +394,25 @@ def _manifest(root: Path, stack: Stack) -> dict[str, object]:
     }
 
 
+def _debootstrap(root: Path, st: Stack, debs: Path, log_file: Path) -> None:
+    with _Lock(cache_dir() / f".debs-{st.suite}.lock"):
+        _run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(PACKAGES)}",
+                f"--cache-dir={debs}",
+                st.suite,
+                str(root),
+                MIRROR,
+                # bookworm's debootstrap knows no codename after trixie: forky is built with
+                # sid's script.
+                *([st.script] if st.script else []),
+            ],
+            log_file=log_file,
+        )
+
+
 def ensure_image(stack: Stack | str | None = None, log: Log = _stderr) -> Path:
     """Return the stack's cached node tarball, building it first if this key has none."""
     st = stacks.get(stack)
@@ -399,7 +431,6 @@ def ensure_image(stack: Stack | str | None = None, log: Log = _stderr) -> Path:
                 raise RuntimeError(
                     f"test bed image build needs `{tool}` on PATH (apt-get install debootstrap zstd)"
                 )
-        wheels = ensure_wheelhouse(log=log, python=st.python)
         key = f"{st.name}-{image_key(st)}"
         work = cache / f"build-{key}-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
@@ -414,23 +445,15 @@ def ensure_image(stack: Stack | str | None = None, log: Log = _stderr) -> Path:
         started = time.monotonic()
         log(f"building node image {target.name} (log: {log_file}); takes a few minutes the first time")
         try:
-            with _Lock(cache / f".debs-{st.suite}.lock"):
-                _run(
-                    [
-                        "debootstrap",
-                        "--variant=minbase",
-                        f"--include={','.join(PACKAGES)}",
-                        f"--cache-dir={debs}",
-                        st.suite,
-                        str(root),
-                        MIRROR,
-                        # bookworm's debootstrap knows no codename after trixie: forky is built
-                        # with sid's script.
-                        *([st.script] if st.script else []),
-                    ],
-                    log_file=log_file,
-                )
-            _customize(root, wheels, log_file, st)
+            if st.base:
+                # A stack on top of another: its image plus the backports (see Stack.base).
+                extract_image(ensure_image(st.base, log), root)
+                _install_backports(root, st, log_file)
+                _drop_caches(root)
+            else:
+                wheels = ensure_wheelhouse(log=log, python=st.python)
+                _debootstrap(root, st, debs, log_file)
+                _customize(root, wheels, log_file, st)
             manifest = _manifest(root, st)
             (root / "etc/nodemedic-testbed.json").write_text(json.dumps(manifest, indent=1) + "\n")
             tmp_tar = work / "node.tar.zst"

@@ -9,9 +9,15 @@ changes exactly those, restoring them afterwards:
   only tolerates as ENOSYS, so the runc runtime gets `NoNewKeyring = true`;
 - the sandbox's oom_score_adj of -998: the host does not let the node lower a score, so
   `restrict_oom_score_adj = true` (containerd then keeps its own score, as for rootless);
-- cgroups: nspawn mounts the v1 controllers read-only in the node; they are remounted writable
-  (bind remount, the node's mount namespace only) and every sandbox gets a cgroup parent named
-  after the node, removed again at the end.
+- cgroups: on a hybrid node nspawn mounts the v1 controllers read-only; they are remounted
+  writable (bind remount, the node's mount namespace only). On a cgroup2-only node (forky) the
+  node's cgroup2 subtree is its own already, but has no controllers (the host's are all bound to
+  v1), so only sandboxes without resource settings run there — which is all this module asks
+  for. Every sandbox gets a cgroup parent named after the node, removed again at the end.
+
+containerd's config is edited in the shape of the file Debian ships: version 2 (containerd 1.6,
+1.7) under `plugins."io.containerd.grpc.v1.cri"`, version 3 (containerd 2.x) under the split CRI
+plugins `io.containerd.cri.v1.images` / `io.containerd.cri.v1.runtime`.
 
 CRI is driven with the cri_api grpc stubs inside the node (as the kubelet stand-in does).
 """
@@ -19,6 +25,7 @@ CRI is driven with the cri_api grpc stubs inside the node (as the kubelet stand-
 from __future__ import annotations
 
 import json
+import tomllib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +41,35 @@ RUNC_OPTIONS = """
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
       NoNewKeyring = true
 """
+# The same settings in a version 3 file (containerd 2.x): the sandbox image is a pinned image of
+# the images plugin, the rest belongs to the runtime plugin.
+V3_SETTINGS = """
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = "{sandbox_image}"
+
+[plugins.'io.containerd.cri.v1.runtime']
+  restrict_oom_score_adj = true
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+  NoNewKeyring = true
+"""
+
+
+def pod_config(stock: str, sandbox_image: str) -> str:
+    """Debian's stock config.toml with the sandbox settings above, in the file's own version.
+    Refuses a config that is not the stock one any more (a test left it changed)."""
+    version = tomllib.loads(stock).get("version", 1)
+    if version >= 3:
+        assert "io.containerd.cri.v1.images'.pinned_images" not in stock and "runtimes.runc" not in stock, \
+            "containerd's config is not Debian's stock one any more"
+        return stock.rstrip("\n") + "\n" + V3_SETTINGS.format(sandbox_image=sandbox_image)
+    assert stock.count(CRI_TABLE) == 1 and "sandbox_image" not in stock and "runtimes.runc" not in stock, \
+        "containerd's config is not Debian's stock one any more"
+    cri = f'{CRI_TABLE}\n    sandbox_image = "{sandbox_image}"\n    restrict_oom_score_adj = true'
+    return stock.replace(CRI_TABLE, cri, 1) + RUNC_OPTIONS
 SANDBOX_READY = 0  # runtime.v1 PodSandboxState
 
 _CRI = r"""
@@ -100,8 +136,16 @@ def remove_pod_sandbox(node: Node, sandbox_id: str) -> None:
 
 
 def _remount_cgroups(node: Node, mode: str) -> None:
+    if node.stack.unified:
+        return  # cgroup2 only: nothing of v1 to lift
     for controller in CGROUP_V1:
         node.run(["mount", "-o", f"remount,bind,{mode}", f"/sys/fs/cgroup/{controller}"])
+
+
+def _parent_dirs(node: Node) -> list[str]:
+    if node.stack.unified:
+        return [f"/sys/fs/cgroup{cgroup_parent(node)}"]
+    return [f"/sys/fs/cgroup/{controller}{cgroup_parent(node)}" for controller in CGROUP_V1]
 
 
 def enable_pod_sandboxes(node: Node) -> Callable[[], None]:
@@ -109,11 +153,7 @@ def enable_pod_sandboxes(node: Node) -> Callable[[], None]:
     which removes every sandbox still there, restores containerd's config and restarts it."""
     sandbox_image = images.pause_standin(node)
     old = node.read_file(images.CONTAINERD_CONFIG)
-    text = old.decode()
-    assert text.count(CRI_TABLE) == 1 and "sandbox_image" not in text and "runtimes.runc" not in text, \
-        "containerd's config is not Debian's stock one any more"
-    cri = f'{CRI_TABLE}\n    sandbox_image = "{sandbox_image}"\n    restrict_oom_score_adj = true'
-    node.write_file(images.CONTAINERD_CONFIG, text.replace(CRI_TABLE, cri, 1) + RUNC_OPTIONS)
+    node.write_file(images.CONTAINERD_CONFIG, pod_config(old.decode(), sandbox_image))
     _remount_cgroups(node, "rw")
     node.systemctl("restart", "containerd")
     wait_for(lambda: node.cri_status().runtime_ready, timeout=60, what="containerd with the pod settings")
@@ -121,8 +161,8 @@ def enable_pod_sandboxes(node: Node) -> Callable[[], None]:
     def undo() -> None:
         for sandbox in _cri(node, "list").get("items", []):
             remove_pod_sandbox(node, sandbox["id"])
-        for controller in CGROUP_V1:
-            node.run(["rmdir", f"/sys/fs/cgroup/{controller}{cgroup_parent(node)}"], check=False)
+        for parent in _parent_dirs(node):
+            node.run(["rmdir", parent], check=False)
         _remount_cgroups(node, "ro")
         node.write_file(images.CONTAINERD_CONFIG, old)
         node.systemctl("restart", "containerd")

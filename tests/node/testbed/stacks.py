@@ -30,6 +30,9 @@ class Stack:
     # nothing else comes from it.
     backports: tuple[str, ...] = ()
     backport_suite: str | None = None
+    # Built from this stack's finished image (plus the backports) instead of its own debootstrap:
+    # the same suite twice would only cost minutes for the same bytes.
+    base: str | None = None
     # What the stack is for, as package version prefixes; the image manifest records the truth and
     # test_testbed checks the two agree.
     expect: dict[str, str] = field(default_factory=dict)
@@ -77,6 +80,7 @@ STACKS: dict[str, Stack] = {
             "hybrid",
             backports=("containerd", "runc"),
             backport_suite="forky",
+            base="trixie",
             expect={"containerd": "2.1.", "systemd": "257", "runc": "1.3.", "python3": "3.13"},
         ),
         Stack(
