@@ -31,6 +31,7 @@ CNI_SUBNET = "10.244.0.0/16"
 CONTAINERD_ROOT = "/var/lib/containerd"
 CONTENT_ROOT = f"{CONTAINERD_ROOT}/io.containerd.content.v1.content"
 INGEST_DIR = f"{CONTENT_ROOT}/ingest"
+INTROSPECTION_UUID = "io.containerd.grpc.v1.introspection/uuid"
 BACKUP_DIR = "/var/lib/nmtest"  # where injectors park what they move aside, inside the node
 
 _seq = itertools.count(1)
@@ -303,7 +304,10 @@ def containerd_root_moved(node: Node) -> Fault:
     node.run(["mv", "--", CONTAINERD_ROOT, moved])
 
     def restore() -> None:
-        # containerd may have re-created an (empty) root meanwhile; only an empty one is removed.
+        # containerd may have re-created a root meanwhile: empty directories, and (1.7 and later)
+        # the instance uuid its introspection service writes on first use when it finds none.
+        # Only such a root is removed; anything else stops the restore.
+        node.run(["rm", "-f", "--", f"{CONTAINERD_ROOT}/{INTROSPECTION_UUID}"], check=False)
         node.run(["find", CONTAINERD_ROOT, "-depth", "-type", "d", "-empty", "-delete"], check=False)
         if node.exists(CONTAINERD_ROOT):
             raise AssertionError(
