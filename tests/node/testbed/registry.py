@@ -39,9 +39,19 @@ if TYPE_CHECKING:  # host side only; in the node this file runs alone
 
 UNIT = "nmtest-registry.service"
 LISTEN = "127.0.0.1:5000"
-# How images are named. containerd 1.6.20's CRI pulls from a `localhost` registry over plain HTTP
-# with Debian's stock config (no mirrors, no config_path): seen in the node, nothing to configure.
+# How images are named. containerd 1.6.20's and 1.7.24's CRI pull from a `localhost` registry over
+# plain HTTP with Debian's stock config (no mirrors, no config_path): nothing to configure.
+# containerd 2.1.9 speaks TLS to it ("tls: first record does not look like a TLS handshake") and its
+# stock config_path is '': there the stand-in is declared plain HTTP the current way, a hosts.toml
+# under /etc/containerd/certs.d plus config_path, for as long as it runs (`start`/`stop`).
 HOST = "localhost:5000"
+CERTS_D = "/etc/containerd/certs.d"
+HOSTS_TOML = f"{CERTS_D}/{HOST}/hosts.toml"
+CONTAINERD_CONFIG = "/etc/containerd/config.toml"
+HOSTS_TEXT = f'server = "http://{HOST}"\n\n[host."http://{HOST}"]\n  capabilities = ["pull", "resolve"]\n'
+# config_path in the file's own version: 2 (what Debian ships, also with containerd 2.x) or 3.
+CONFIG_PATH_V2 = f'\n[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "{CERTS_D}"\n'
+CONFIG_PATH_V3 = f"\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = \"{CERTS_D}\"\n"
 ROOT = "/var/lib/nmtest-registry"  # in the node
 SCRIPT = "/usr/local/lib/nmtest/registry.py"
 STALL_MAX = 300.0  # seconds a stalled transfer is held open at most
@@ -70,8 +80,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._serve(body=True)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
-        # One line per request on stderr, i.e. in the unit's journal.
-        sys.stderr.write(f"{self.command} {self.path} range={self.headers.get('Range', '-')} {format % args}\n")
+        # One line per request on stderr, i.e. in the unit's journal. A request http.server could not
+        # parse has no path or headers yet: containerd 2.x tries TLS first, even for localhost, and
+        # falls back to plain HTTP only when it gets an HTTP answer (this 400) to its ClientHello.
+        headers = getattr(self, "headers", None)
+        rng = headers.get("Range", "-") if headers is not None else "-"
+        command, path = getattr(self, "command", None), getattr(self, "path", None)
+        sys.stderr.write(f"{command} {path} range={rng} {format % args}\n")
 
     def _send(self, status: int, headers: dict[str, str], body: bytes, send_body: bool) -> None:
         self.send_response(status)
@@ -168,6 +183,8 @@ def serve(root: str, listen: str) -> None:
 class Registry:
     """The stand-in in one node: publish images, stage a bad hop, start and stop its unit."""
 
+    _config: bytes | None = None  # containerd's config as it was before `start` (2.x only)
+
     def __init__(self, node: Node, root: str = ROOT, listen: str = LISTEN, unit: str = UNIT) -> None:
         self.node, self.root, self.listen, self.unit = node, root, listen, unit
 
@@ -184,7 +201,25 @@ class Registry:
             raise ValueError("a stalled transfer sends fewer bytes than the blob has")
         self.node.write_file(f"{self.root}/stall/{blob.digest.removeprefix('sha256:')}", sent)
 
+    def _needs_hosts_toml(self) -> bool:
+        return self.node.stack.expect["containerd"].startswith("2.")
+
+    def _restart_containerd(self) -> None:
+        self.node.systemctl("restart", "containerd")
+        self.node.wait_for(lambda: self.node.cri_status().runtime_ready, timeout=60, what="containerd back")
+
     def start(self) -> None:
+        if self._needs_hosts_toml():
+            import tomllib
+
+            self._config = self.node.read_file(CONTAINERD_CONFIG)
+            text = self._config.decode()
+            assert "config_path" not in text and not self.node.exists(HOSTS_TOML), \
+                "containerd's registry config is not the stock one any more"
+            version = tomllib.loads(text).get("version", 1)
+            self.node.write_file(HOSTS_TOML, HOSTS_TEXT)
+            self.node.write_file(CONTAINERD_CONFIG, text + (CONFIG_PATH_V3 if version >= 3 else CONFIG_PATH_V2))
+            self._restart_containerd()
         self.node.write_file(SCRIPT, Path(__file__).read_bytes())
         self.node.run(["systemd-run", "--quiet", f"--unit={self.unit}", "--property=Restart=no",
                        NODE_SYSTEM_PYTHON, SCRIPT, self.root, self.listen])
@@ -194,6 +229,12 @@ class Registry:
         self.node.systemctl("stop", self.unit, check=False)
         self.node.systemctl("reset-failed", self.unit, check=False)
         self.node.run(["rm", "-rf", "--", self.root, SCRIPT])
+        if getattr(self, "_config", None) is not None:
+            self.node.run(["rm", "-rf", "--", f"{CERTS_D}/{HOST}"])
+            self.node.run(["rmdir", "--ignore-fail-on-non-empty", CERTS_D])
+            self.node.write_file(CONTAINERD_CONFIG, self._config)
+            self._config = None
+            self._restart_containerd()
 
     def requests(self, since: str | None = None) -> list[str]:
         """The stand-in's request log (its unit's journal)."""
