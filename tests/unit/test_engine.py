@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 
 import pytest
 
@@ -144,7 +145,9 @@ def test_state_is_persisted_before_the_step_runs(tmp_path):
 
 @pytest.mark.parametrize("heals", [True, False])
 def test_resume_after_kill_verifies_and_never_reapplies(tmp_path, heals):
-    first, second = FakeStep("one", heals=heals), FakeStep("two", heals=True)
+    # Step.idempotent = False: a step that must never run twice (an idempotent one may be
+    # applied again, see test_an_interrupted_idempotent_step_is_applied_again_when_it_did_not_verify).
+    first, second = FakeStep("one", heals=heals, idempotent=False), FakeStep("two", heals=True)
     engine, store = make_engine(tmp_path, [first, second])
     state = EngineState()
     record = state.record("demo")
@@ -226,3 +229,295 @@ def test_a_probe_that_raises_confirms_nothing_and_the_engine_lives_on(tmp_path):
     engine, store = make_engine(tmp_path, [step], confirm=cannot_look)
     asyncio.run(episode(engine))
     assert store.load().problems["demo"].phase == Phase.IDLE and step.applied == 0
+
+
+def interrupted(store, step: str = "one", index: int = 0, phase: Phase = Phase.REPAIRING,
+                undo: tuple[str, ...] = ()) -> None:
+    """What a daemon killed during `step`'s apply leaves behind in state.json."""
+    state = EngineState()
+    record = state.record("demo")
+    record.phase, record.step, record.step_name, record.attempts = phase, index, step, 1
+    record.undo = list(undo)
+    store.save(state)
+
+
+async def resumed(engine, store) -> None:
+    engine.ctx.state = store.load()
+    engine.resume()
+    await engine.idle()
+
+
+def test_an_interrupted_idempotent_step_is_applied_again_when_it_did_not_verify(tmp_path):
+    class HealsOnceApplied(FakeStep):
+        async def verify(self, ctx) -> bool:
+            self.verified += 1
+            return self.applied > 0  # killed before it finished: only a complete apply heals
+
+    first, second = HealsOnceApplied("one", heals=True), FakeStep("two", heals=True)
+    engine, store = make_engine(tmp_path, [first, second])
+    interrupted(store)
+    asyncio.run(resumed(engine, store))
+    record = store.load().problems["demo"]
+    assert record.phase == Phase.HEALED and record.step_name == "one"
+    assert (first.applied, second.applied) == (1, 0)
+    # killed while verifying (the apply had finished): verified, never applied again
+    first, second = HealsOnceApplied("one", heals=True), FakeStep("two", heals=True)
+    engine, store = make_engine(tmp_path / "verifying", [first, second])
+    interrupted(store, phase=Phase.VERIFYING)
+    asyncio.run(resumed(engine, store))
+    assert (first.applied, second.applied) == (0, 1)
+
+
+class RecordingBus:
+    """Stands in for systemd's D-Bus manager (a mock: unit tests have no systemd); records calls
+    in order. `fail` makes StartUnit of that unit end in a failed job."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.fail = fail
+
+    async def unit_job(self, verb: str, unit: str, timeout: float) -> str:
+        self.calls.append((verb, unit))
+        return "failed" if verb == "StartUnit" and unit == self.fail else "done"
+
+    async def reset_failed(self, unit: str) -> None:
+        self.calls.append(("ResetFailedUnit", unit))
+
+
+@dataclasses.dataclass
+class StoppingStep(FakeStep):
+    """Stops kubelet then containerd the way the real steps do (repairs.units.stop_unit), then
+    fails: `fail_after` stops."""
+
+    fail_after: int = 2
+    undo_on_disk: list = dataclasses.field(default_factory=list)
+
+    async def apply(self, ctx) -> str:
+        from nodemedic.repairs.units import stop_unit
+
+        self.applied += 1
+        for number, unit in enumerate(("kubelet.service", "containerd.service"), start=1):
+            await stop_unit(ctx, unit)
+            # recorded on disk before the stop went out
+            self.undo_on_disk.append(json.loads(ctx.root.path("/state.json").read_text())["problems"]["demo"]["undo"])
+            if number == self.fail_after:
+                raise RuntimeError("refused after stopping the units: 1 container shim(s) running")
+        return "stopped"
+
+
+def test_a_step_that_fails_after_stopping_units_has_them_started_again_before_the_ladder_climbs(tmp_path):
+    stopping, second = StoppingStep("reset", heals=True, idempotent=False), FakeStep("two", heals=True)
+    engine, store = make_engine(tmp_path, [stopping, second])
+    bus = engine.ctx.bus = RecordingBus()
+    climbed_after: list[list] = []
+    second_apply = second.apply
+
+    async def apply(ctx) -> str:
+        climbed_after.append(list(bus.calls))
+        return await second_apply(ctx)
+
+    second.apply = apply
+    asyncio.run(episode(engine))
+    assert stopping.undo_on_disk == [["kubelet.service"], ["kubelet.service", "containerd.service"]]
+    # started again in reverse order of stopping: containerd before kubelet, before step two
+    assert [c for c in climbed_after[0] if c[0] == "StartUnit"] == [("StartUnit", "containerd.service"),
+                                                                     ("StartUnit", "kubelet.service")]
+    record = store.load().problems["demo"]
+    assert record.phase == Phase.HEALED and record.step_name == "two" and record.undo == []
+
+
+def test_a_step_timing_out_after_a_stop_is_undone(tmp_path):
+    @dataclasses.dataclass
+    class Hangs(FakeStep):
+        async def apply(self, ctx) -> str:
+            from nodemedic.repairs.units import stop_unit
+
+            await stop_unit(ctx, "kubelet.service")
+            await asyncio.sleep(3600)
+            return "never"
+
+    engine, store = make_engine(tmp_path, [Hangs("hang", heals=True)], conf='step_timeout = "0.2s"\n')
+    bus = engine.ctx.bus = RecordingBus()
+    asyncio.run(episode(engine))
+    assert ("StartUnit", "kubelet.service") in bus.calls
+    assert store.load().problems["demo"].undo == []
+
+
+@pytest.mark.parametrize("undo", [("kubelet.service",), ("kubelet.service", "containerd.service")])
+def test_resume_starts_what_the_killed_step_stopped_before_verifying(tmp_path, undo):
+    order: list[str] = []
+
+    class Watching(FakeStep):
+        async def verify(self, ctx) -> bool:
+            order.append("verify")
+            return await super().verify(ctx)
+
+    step, second = Watching("move-aside", heals=False, idempotent=False), FakeStep("two", heals=True)
+    engine, store = make_engine(tmp_path, [step, second])
+    bus = engine.ctx.bus = RecordingBus()
+    real_job = bus.unit_job
+
+    async def job(verb, unit, timeout):
+        order.append(f"{verb} {unit}")
+        return await real_job(verb, unit, timeout)
+
+    bus.unit_job = job
+    interrupted(store, step="move-aside", undo=undo)
+    asyncio.run(resumed(engine, store))
+    starts = [f"StartUnit {unit}" for unit in reversed(undo)]
+    assert order[:len(starts) + 1] == [*starts, "verify"]
+    assert step.applied == 0  # not idempotent: never applied again, the ladder climbed
+    record = store.load().problems["demo"]
+    assert record.phase == Phase.HEALED and record.step_name == "two" and record.undo == []
+
+
+def test_a_unit_that_will_not_start_again_is_reported_and_the_ladder_goes_on(tmp_path):
+    stopping, second = StoppingStep("reset", heals=True, idempotent=False), FakeStep("two", heals=False)
+    engine, store = make_engine(tmp_path, [stopping, second])
+    engine.ctx.bus = RecordingBus(fail="containerd.service")
+    asyncio.run(episode(engine))
+    record = store.load().problems["demo"]
+    assert record.phase == Phase.EXHAUSTED and record.undo == []
+
+
+# -- persistence failures (issue 18, item 5) -----------------------------------------------
+
+class FailingStore(StateStore):
+    """The real store whose writes fail the way an immutable state.json does (chattr +i: EPERM)."""
+
+    failing = True
+
+    def save(self, state) -> None:
+        if self.failing:
+            raise PermissionError(1, "Operation not permitted", str(self.path))
+        super().save(state)
+
+
+def failing_engine(tmp_path, steps):
+    engine, _ = make_engine(tmp_path, steps)
+    store = FailingStore(engine.store.path, engine.store.guard)
+    engine.store = store
+    return engine, store
+
+
+def test_a_failed_state_write_runs_only_idempotent_steps_and_is_reported_once(tmp_path, capfd):
+    safe, once = FakeStep("safe", heals=False), FakeStep("move-aside", heals=True, idempotent=False)
+    engine, store = failing_engine(tmp_path, [safe, once])
+    asyncio.run(episode(engine))
+    record = engine.ctx.state.problems["demo"]
+    assert (safe.applied, once.applied) == (1, 0)
+    assert record.phase == Phase.EXHAUSTED and "state cannot be saved" in record.detail
+    assert engine.persist_error.startswith("PermissionError")
+    err = capfd.readouterr().err
+    assert err.count("cannot save the engine's state") == 1, err  # once, not once per write
+
+    # a write succeeds again: reported, and the held-back problem is looked at once more
+    store.failing = False
+
+    async def recovered() -> None:
+        engine.save()
+        await asyncio.sleep(0)
+        await engine.idle()
+
+    asyncio.run(recovered())
+    assert engine.persist_error == ""
+    assert "saved to" in capfd.readouterr().err
+    assert once.applied == 1 and store.load().problems["demo"].phase == Phase.HEALED
+
+
+def test_an_engine_task_that_raises_is_reported_and_never_left_repairing(tmp_path, capfd):
+    @dataclasses.dataclass
+    class Broken(FakeStep):
+        async def verify(self, ctx) -> bool:
+            raise AssertionError("unreachable")
+
+    engine, store = make_engine(tmp_path, [Broken("one", heals=True)])
+
+    async def scenario() -> None:
+        original = engine._verify
+
+        async def crashing(step):  # a bug in the engine itself, not in a step
+            raise KeyError("bug")
+
+        engine._verify = crashing
+        await episode(engine)
+        engine._verify = original
+
+    asyncio.run(scenario())
+    record = store.load().problems["demo"]
+    assert record.phase == Phase.EXHAUSTED and "internal error: KeyError" in record.detail
+    assert engine.current is None
+    assert "the engine's task failed" in capfd.readouterr().err
+
+
+def test_a_corrupt_state_file_in_a_read_only_dir_still_loads(tmp_path, monkeypatch):
+    path = tmp_path / "state.json"
+    path.write_text("{torn")
+
+    def read_only(self, target):
+        raise OSError(30, "Read-only file system", str(self))
+
+    monkeypatch.setattr(type(path), "rename", read_only)
+    assert StateStore(path, Guard.from_paths([])).load().problems == {}
+
+
+# -- the pause (item 7) ----------------------------------------------------------------------
+
+def test_a_pause_outlives_a_restart(tmp_path):
+    step = FakeStep("one", heals=True)
+    engine, store = make_engine(tmp_path, [step])
+    engine.gate.paused = True
+    engine.save()
+    engine, store = make_engine(tmp_path, [step])  # a new daemon on the same state
+    assert engine.gate.paused
+    asyncio.run(episode(engine))
+    assert step.applied == 0 and "paused" in store.load().problems["demo"].detail
+
+
+# -- the cooldown gates a flap, not a new fault (item 11) -------------------------------------
+
+@dataclasses.dataclass
+class Conditional(FakeStep):
+    """Needed only while `faults` says its fault is there; applying it clears that fault."""
+
+    faults: set = dataclasses.field(default_factory=set)
+
+    async def needed(self, ctx) -> bool:
+        return self.name in self.faults
+
+    async def apply(self, ctx) -> str:
+        self.faults.discard(self.name)
+        return await super().apply(ctx)
+
+
+def test_a_different_fault_of_the_same_problem_is_repaired_at_once_after_a_heal(tmp_path):
+    faults = {"placeholder"}
+    placeholder = Conditional("placeholder", heals=True, faults=faults)
+    restart = Conditional("restart", heals=True, faults=faults)
+    engine, store = make_engine(tmp_path, [placeholder, restart])  # cooldown = 1h
+    asyncio.run(episode(engine))
+    assert store.load().problems["demo"].healed_by == "placeholder"
+    faults.add("restart")  # seconds later: the config is there, the runtime did not load it
+    asyncio.run(episode(engine))
+    assert (placeholder.applied, restart.applied) == (1, 1)
+    assert store.load().problems["demo"].phase == Phase.HEALED
+
+
+def test_a_flap_of_the_same_step_still_backs_off_exponentially(tmp_path):
+    faults = {"placeholder"}
+    placeholder = Conditional("placeholder", heals=True, faults=faults)
+    engine, store = make_engine(tmp_path, [placeholder], conf='cooldown_max = "10h"\n')
+    waits = []
+    for _ in range(3):
+        faults.add("placeholder")
+        asyncio.run(episode(engine))
+        record = store.load().problems["demo"]
+        waits.append(round((record.not_before - record.last_change) / 3600))
+        record = engine.ctx.state.problems["demo"]
+        record.not_before = 0.0  # the cooldown has passed
+    assert placeholder.applied == 3 and waits == [1, 2, 4]
+    # inside the cooldown the same step is held back
+    faults.add("placeholder")
+    engine.ctx.state.problems["demo"].not_before = time.time() + 60
+    asyncio.run(episode(engine))
+    assert placeholder.applied == 3 and "cooling down" in store.load().problems["demo"].detail

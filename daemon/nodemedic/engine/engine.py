@@ -1,11 +1,16 @@
 """The remedy engine: idle → suspected → confirmed → repairing(i) → verifying → healed, or up the
-ladder, or exhausted. Every transition is persisted before the step it announces runs."""
+ladder, or exhausted. Every transition is persisted before the step it announces runs.
+
+Without persistence (a state write failed: a read-only or immutable state file) the engine goes
+on, degraded and reported once: only idempotent steps run, because a step that must never be
+repeated cannot be known to have run after a restart; the others are held back until a write
+succeeds again."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_fixed
 
@@ -14,8 +19,35 @@ from nodemedic.engine.policy import Gate
 from nodemedic.engine.state import Phase, ProblemRecord, StateStore
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedies import Probe
-from nodemedic.repairs.step import Remedy, Step
+from nodemedic.repairs.safety import UnsafeOperation
+from nodemedic.repairs.step import NoUndo, Remedy, Step
 from nodemedic.report.journal import ERR, INFO, NOTICE, WARNING, Kind, log
+
+PERSISTENCE_HOLD = "state cannot be saved"
+
+
+class PersistenceError(RuntimeError):
+    """The state store could not be written: what a step would record cannot be relied on."""
+
+
+class _RecordedUndo:
+    """A step's undo log: entries live in its problem's record, saved before the step acts."""
+
+    def __init__(self, engine: Engine, record: ProblemRecord) -> None:
+        self.engine = engine
+        self.record = record
+
+    def will_stop(self, unit: str) -> None:
+        if unit not in self.record.undo:
+            self.record.undo.append(unit)
+        if not self.engine.save():
+            self.record.undo.remove(unit)
+            raise PersistenceError(f"not stopping {unit}: {PERSISTENCE_HOLD} ({self.engine.persist_error})")
+
+    def started(self, unit: str) -> None:
+        if unit in self.record.undo:
+            self.record.undo.remove(unit)
+            self.engine.save()
 
 
 class Engine:
@@ -35,6 +67,7 @@ class Engine:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: dict[str, Suspicion] = {}  # news that arrived while the problem was being checked
         self.current: tuple[str, int, int, str] | None = None  # problem, step no., ladder length, name
+        self.persist_error = ""  # why the last state write failed; "" while writes succeed
 
     # -- entry points -------------------------------------------------------------------
 
@@ -48,9 +81,32 @@ class Engine:
             if record is not None and record.phase == Phase.EXHAUSTED:
                 self._again[suspicion.problem] = suspicion
             return
-        task = asyncio.get_running_loop().create_task(self._handle(suspicion))
+        task = self._start(suspicion.problem, self._handle(suspicion))
         task.add_done_callback(lambda _task: self._look_again(suspicion.problem))
-        self._tasks[suspicion.problem] = task
+
+    def _start(self, problem: str, episode: Coroutine[object, object, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(episode)
+        task.add_done_callback(lambda done: self._task_done(problem, done))
+        self._tasks[problem] = task
+        return task
+
+    def _task_done(self, problem: str, task: asyncio.Task[None]) -> None:
+        """An episode's task never dies silently: an exception is reported, and the problem is
+        not left "repairing" forever (it ends exhausted, for an operator, with the reason)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        err = task.exception()
+        reason = f"internal error: {type(err).__name__}: {err}"
+        log(Kind.TASK_FAILED, f"{problem}: the engine's task failed: {type(err).__name__}: {err}", ERR,
+            problem=problem, error=f"{type(err).__name__}: {err}")
+        record = self.ctx.state.problems.get(problem)
+        if self.current is not None and self.current[0] == problem:
+            self.current = None
+        if record is not None and record.phase not in (Phase.IDLE, Phase.HEALED, Phase.EXHAUSTED):
+            try:
+                self._exhaust(record, reason)
+            except Exception as again:  # noqa: BLE001 - reported; nothing else may escape a callback
+                log(Kind.TASK_FAILED, f"{problem}: could not record the failure: {again}", ERR, problem=problem)
 
     def _look_again(self, problem: str) -> None:
         suspicion = self._again.pop(problem, None)
@@ -77,11 +133,11 @@ class Engine:
         """The operator's on-demand repair: no cooldown, and an exhausted problem starts over."""
         self._cancel_probing(problem)
         record = self.ctx.state.record(problem)
-        record.not_before = 0.0
+        record.not_before, record.healed_by = 0.0, ""
         if record.phase in (Phase.EXHAUSTED, Phase.HEALED):
             record.move(Phase.IDLE, "repair requested by the operator")
         record.episodes = 0
-        self._save()
+        self.save()
         self.suspect(Suspicion(problem, "operator", detail="repair requested by the operator", forced=True))
 
     def retry_held(self) -> None:
@@ -101,25 +157,33 @@ class Engine:
             lifted = ("destructive steps are off" in record.detail and settings.policy.allow_destructive) or (
                 "attempt budget of" in record.detail and record.attempts < settings.attempt_budget(record.problem))
             if lifted:
-                self._cancel_probing(record.problem)
-                record.move(Phase.IDLE, "the policy that stopped the ladder changed at reload")
-                self._save()
-                self.suspect(Suspicion(record.problem, "reload", detail="re-checked after a reload lifted its hold"))
+                self._restart_held(record, "the policy that stopped the ladder changed at reload",
+                                   "re-checked after a reload lifted its hold", "reload")
+
+    def _restart_held(self, record: ProblemRecord, why: str, detail: str, trigger: str) -> None:
+        self._cancel_probing(record.problem)
+        record.move(Phase.IDLE, why)
+        self.save()
+        self.suspect(Suspicion(record.problem, trigger, detail=detail))
 
     def forget(self, problem: str) -> None:
         self._cancel_probing(problem)
         self.ctx.state.problems.pop(problem, None)
-        self._save()
+        self.save()
         self.on_transition(problem, Phase.IDLE)
 
     def resume(self) -> None:
-        """After a restart: verify steps that were in flight, never re-apply them."""
+        """After a restart: undo what an interrupted step stopped, then verify the step; a step
+        that is not idempotent is never applied again."""
         for record in list(self.ctx.state.problems.values()):
             if record.phase in (Phase.REPAIRING, Phase.VERIFYING) and record.problem in self.remedies:
-                self._tasks[record.problem] = asyncio.get_running_loop().create_task(self._resume(record))
+                self._start(record.problem, self._resume(record))
+            elif record.undo:
+                # Stopped units without a step to resume (its ladder is gone): start them anyway.
+                self._start(record.problem, self._restore_only(record))
             elif record.phase in (Phase.SUSPECTED, Phase.CONFIRMED):
                 record.move(Phase.IDLE, "daemon restarted before a repair began")
-        self._save()
+        self.save()
 
     async def idle(self) -> None:
         """Wait for every running episode (tests and shutdown)."""
@@ -162,10 +226,7 @@ class Engine:
             log(Kind.HELD_BACK, f"{record.problem}: not repairing: {refusal}", NOTICE,
                 problem=record.problem, reason=refusal)
             record.detail = refusal
-            self._save()
-            if not suspicion.forced and (wait := self.gate.cooldown_left(record)) > 0:
-                # One timer, armed only now: look again when the cooldown ends.
-                asyncio.get_running_loop().call_later(wait, self.suspect, suspicion)
+            self.save()
             return
         assert remedy is not None
         waited = self._repair_lock.locked()
@@ -175,14 +236,16 @@ class Engine:
             if waited and await self._healthy_now(suspicion.problem):
                 self._transition(record, Phase.IDLE, Kind.NOT_CONFIRMED, "cleared while another repair ran")
                 return
-            record.episodes += 1
             record.attempts = 0
-            await self._climb(record, remedy, 0)
+            await self._climb(record, remedy, 0, suspicion)
 
     async def _resume(self, record: ProblemRecord) -> None:
         remedy = self.remedies[record.problem]
         step = remedy.steps[record.step]
+        # Killed during apply (not during verification): the step may be half done.
+        interrupted = record.phase == Phase.REPAIRING
         async with self._repair_lock:
+            await self._restore(record)  # a half-done step's stopped units are started first
             log(Kind.STEP_STARTED, f"{record.problem}: resuming after restart by verifying {step.name}", NOTICE,
                 problem=record.problem, step=step.name, resumed=1)
             self._transition(record, Phase.VERIFYING, None, f"verifying {step.name} after restart")
@@ -191,11 +254,42 @@ class Engine:
                 self._heal(record)
                 return
             self._finish_step(record, step, "failed", resumed=True)
-            await self._climb(record, remedy, record.step + 1)
+            # Step.idempotent: an idempotent step cut off mid-apply may simply not have finished,
+            # and applying it again is harmless, so it gets its turn again (within the budget);
+            # any other step is never re-applied: the ladder climbs past it.
+            again = interrupted and step.idempotent
+            await self._climb(record, remedy, record.step if again else record.step + 1, resumed=True)
 
-    async def _climb(self, record: ProblemRecord, remedy: Remedy, start: int) -> None:
+    async def _restore_only(self, record: ProblemRecord) -> None:
+        async with self._repair_lock:
+            await self._restore(record)
+
+    async def _restore(self, record: ProblemRecord) -> None:
+        """Start again, in reverse order of stopping (containerd before kubelet), the units an
+        interrupted or failed step stopped; each outcome is reported. The log is cleared after
+        one attempt either way: a unit that will not start is an operator's business, and a
+        restore must not loop."""
+        if not record.undo:
+            return
+        for unit in reversed(record.undo):
+            try:
+                # A stopped unit may carry a crash loop's failed state or start-limit count.
+                await self.ctx.bus.reset_failed(unit)
+                result = await self.ctx.bus.unit_job("StartUnit", unit, self.ctx.settings.policy.step_timeout)
+            except Exception as err:  # noqa: BLE001 - reported; the others are still started
+                result = f"{type(err).__name__}: {err}"
+            ok = result == "done"
+            log(Kind.RESTORED, f"{record.problem}: {'started' if ok else 'could not start'} {unit}, stopped by the "
+                f"interrupted step {record.step_name}" + ("" if ok else f": {result}"), NOTICE if ok else ERR,
+                problem=record.problem, step=record.step_name, unit=unit, result="ok" if ok else "failed")
+        record.undo.clear()
+        self.save()
+
+    async def _climb(self, record: ProblemRecord, remedy: Remedy, start: int, suspicion: Suspicion | None = None,
+                     resumed: bool = False) -> None:
         budget = self.ctx.settings.attempt_budget(record.problem)
-        applied = start > 0
+        applied = start > 0 or resumed
+        forced = suspicion is not None and suspicion.forced
         for index in range(start, len(remedy.steps)):
             step = remedy.steps[index]
             refusal = self.gate.refuse_step(step)
@@ -211,19 +305,37 @@ class Engine:
                 needed, _ = True, err
             if not needed:
                 continue
+            if not applied and not forced and suspicion is not None and self._cooling(record, step, suspicion):
+                return
+            if not step.idempotent and self.persist_error:
+                self._exhaust(record, f"next step {step.name} held back: {PERSISTENCE_HOLD} ({self.persist_error}); "
+                              "a step that is not idempotent runs only where its progress is recorded")
+                return
             record.step, record.step_name = index, step.name
             record.attempts += 1
             applied = True
             self.current = (record.problem, index + 1, len(remedy.steps), step.name)
-            self._transition(record, Phase.REPAIRING, None, f"step {index + 1}/{len(remedy.steps)}: {step.name}")
+            saved = self._transition(record, Phase.REPAIRING, None,
+                                     f"step {index + 1}/{len(remedy.steps)}: {step.name}")
+            if not saved and not step.idempotent:
+                record.attempts -= 1
+                self._exhaust(record, f"step {step.name} held back: {PERSISTENCE_HOLD} ({self.persist_error}); "
+                              "a step that is not idempotent runs only where its progress is recorded")
+                return
             log(Kind.STEP_STARTED, f"{record.problem}: step {index + 1}/{len(remedy.steps)} {step.name} "
                 f"({step.klass})", NOTICE, problem=record.problem, step=step.name, step_class=step.klass,
                 signature=record.trigger, trigger_cursor=record.trigger_cursor)
+            self.ctx.undo = _RecordedUndo(self, record)
             try:
                 done = await asyncio.wait_for(step.apply(self.ctx), self.ctx.settings.policy.step_timeout)
             except Exception as err:
+                self.ctx.undo = NoUndo()
                 self._finish_step(record, step, "failed", error=f"{type(err).__name__}: {err}")
+                await self._restore(record)
                 continue
+            self.ctx.undo = NoUndo()
+            if record.undo:  # the step finished: what it stopped and did not start is its own choice
+                record.undo.clear()
             self._transition(record, Phase.VERIFYING, None, done)
             if await self._verify(step):
                 self._finish_step(record, step, "ok", detail=done)
@@ -235,6 +347,21 @@ class Engine:
                       else "no step of the ladder applies now (each one's precondition is unmet)")
 
     # -- helpers ------------------------------------------------------------------------
+
+    def _cooling(self, record: ProblemRecord, step: Step, suspicion: Suspicion) -> bool:
+        """The cooldown stops a flap: the step that healed the last episode is not the next
+        episode's first response until its cooldown is over (then a timer looks again). Another
+        step (a different fault of the same problem) goes at once."""
+        wait = self.gate.cooldown_left(record)
+        if step.name != record.healed_by or wait <= 0:
+            return False
+        refusal = f"cooling down for another {wait:.0f}s: {step.name} healed the last episode"
+        log(Kind.HELD_BACK, f"{record.problem}: not repairing: {refusal}", NOTICE, problem=record.problem,
+            reason=refusal, step=step.name)
+        record.detail = refusal
+        self.save()
+        asyncio.get_running_loop().call_later(wait, self.suspect, suspicion)  # one timer, armed only now
+        return True
 
     async def _healthy_now(self, problem: str) -> bool:
         """One probe, no retries: is the problem absent right now? (False without a probe.)"""
@@ -299,6 +426,9 @@ class Engine:
 
     def _heal(self, record: ProblemRecord) -> None:
         policy = self.ctx.settings.policy
+        # A flap is the same step healing episode after episode: its cooldown doubles each time.
+        record.episodes = record.episodes + 1 if record.healed_by == record.step_name else 1
+        record.healed_by = record.step_name
         cooldown = min(policy.cooldown * 2 ** max(0, record.episodes - 1), policy.cooldown_max)
         record.not_before = time.time() + cooldown
         self.current = None
@@ -309,19 +439,45 @@ class Engine:
         self._transition(record, Phase.EXHAUSTED, Kind.EXHAUSTED, reason, priority=ERR)
 
     def _transition(self, record: ProblemRecord, phase: Phase, kind: Kind | None, detail: str,
-                    priority: int = NOTICE) -> None:
+                    priority: int = NOTICE) -> bool:
+        """Move and report; True when the new phase is on disk (or needs not be)."""
         record.move(phase, detail)
+        saved = True
         if phase in (Phase.SUSPECTED, Phase.CONFIRMED):
             # A restart turns these back into idle (resume), so they need no fsync'd write: the
             # two disk syncs they would cost sit between a fault and its first step.
             self.on_change()
         else:
-            self._save()
+            saved = self.save()
         self.on_transition(record.problem, phase)
         if kind is not None:
             log(kind, f"{record.problem}: {phase}: {detail}", priority, problem=record.problem, state=phase,
                 signature=record.trigger or None, trigger_cursor=record.trigger_cursor or None)
+        return saved
 
-    def _save(self) -> None:
-        self.store.save(self.ctx.state)
+    def save(self) -> bool:
+        """Persist the state; False (reported once per outage) when it cannot be written."""
+        try:
+            self.store.save(self.ctx.state)
+        except (OSError, UnsafeOperation) as err:
+            detail = f"{type(err).__name__}: {err}"
+            if not self.persist_error:
+                log(Kind.STATE_NOT_SAVED, f"cannot save the engine's state to {self.store.path}: {detail}; repairing "
+                    "without persistence: only idempotent steps run until a write succeeds", ERR,
+                    path=self.store.path, error=detail)
+            self.persist_error = detail
+            self.on_change()
+            return False
+        if self.persist_error:
+            self.persist_error = ""
+            log(Kind.STATE_SAVED_AGAIN, f"the engine's state is saved to {self.store.path} again; every step may run",
+                NOTICE, path=self.store.path)
+            held = [r for r in self.ctx.state.problems.values()
+                    if r.phase == Phase.EXHAUSTED and PERSISTENCE_HOLD in r.detail]
+            for record in held:  # after this write returns: a suspect() runs its own saves
+                asyncio.get_running_loop().call_soon(
+                    self._restart_held, record, "the state can be saved again",
+                    "re-checked once the state could be saved again", "persistence")
         self.on_change()
+        return True
+

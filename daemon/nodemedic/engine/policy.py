@@ -12,7 +12,16 @@ from nodemedic.repairs.step import Remedy, Step, StepClass
 class Gate:
     def __init__(self, ctx: RepairContext) -> None:
         self.ctx = ctx
-        self.paused = False  # set by the operator interface; observe-only until resumed
+
+    @property
+    def paused(self) -> bool:
+        """Set by the operator (or a repoint/join flow); observe-only until resumed. Kept in the
+        engine's state, so that it outlives a restart of the daemon."""
+        return self.ctx.state.paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        self.ctx.state.paused = value
 
     def refuse_episode(self, record: ProblemRecord, remedy: Remedy | None, forced: bool = False) -> str:
         """Why no repair may start for this problem now, or "" when it may."""
@@ -29,9 +38,8 @@ class Gate:
             return ""  # an operator's explicit request: disabled and cooldown are for automation
         if not settings.problem_enabled(record.problem):
             return "disabled in configuration"
-        wait = self.cooldown_left(record)
-        if wait > 0:
-            return f"cooling down for another {wait:.0f}s after the last repair"
+        # The cooldown is not an episode's business: it holds back only the step that healed the
+        # last episode (a flap), and the engine applies it once it knows the first step needed.
         return ""
 
     @staticmethod

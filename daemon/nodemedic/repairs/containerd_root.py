@@ -17,7 +17,7 @@ from nodemedic.probes.procs import pids_by_comm
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedy_probes import runtime_ready
 from nodemedic.repairs.step import StepClass
-from nodemedic.repairs.units import require_job
+from nodemedic.repairs.units import start_unit, stop_unit
 
 CONTAINERD = "containerd.service"
 KUBELET = "kubelet.service"
@@ -60,14 +60,16 @@ class MoveRootAside:
         return not root_refusal(ctx)
 
     async def apply(self, ctx: RepairContext) -> str:
-        await require_job(ctx, "StopUnit", KUBELET)
-        await require_job(ctx, "StopUnit", CONTAINERD)
+        # Each stop is recorded (persisted) first: killed or failed from here on, the engine
+        # starts them again before it verifies or climbs.
+        await stop_unit(ctx, KUBELET)
+        await stop_unit(ctx, CONTAINERD)
         aside = move_root_aside(ctx)
         # containerd first: kubelet is only worth starting against a runtime that is up. A fresh
         # root is a fresh start: the crash loop's restarts must not hit its start limit.
         await ctx.bus.reset_failed(CONTAINERD)
-        await ctx.bus.unit_job("StartUnit", CONTAINERD, ctx.settings.policy.step_timeout)
-        await ctx.bus.unit_job("StartUnit", KUBELET, ctx.settings.policy.step_timeout)
+        await start_unit(ctx, CONTAINERD, require=False)
+        await start_unit(ctx, KUBELET, require=False)
         return f"moved {ctx.root.path(ctx.settings.paths.containerd_root)} aside to {aside}; " \
                "containerd and kubelet started fresh"
 

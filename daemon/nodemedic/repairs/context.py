@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodemedic.config import Settings
@@ -10,6 +10,7 @@ from nodemedic.engine.state import EngineState
 from nodemedic.hostroot import HostRoot
 from nodemedic.probes.cri import CriClient, CriError, CriStatus
 from nodemedic.repairs.safety import Guard
+from nodemedic.repairs.step import NoUndo, UndoLog
 from nodemedic.sources.systemd_bus import SystemdBus
 
 
@@ -21,6 +22,8 @@ class RepairContext:
     bus: SystemdBus
     cri: CriClient
     state: EngineState
+    # Set by the engine around each step's apply: where the step records what to undo.
+    undo: UndoLog = field(default_factory=NoUndo)
 
     def node_path(self, absolute: str) -> Path:
         return self.root.path(absolute)

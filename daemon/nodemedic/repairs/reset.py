@@ -25,7 +25,7 @@ from nodemedic.repairs.privileged import run_in_step_unit
 from nodemedic.repairs.remedy_probes import Probe, runtime_ready, wait_until
 from nodemedic.repairs.safety import remove_file, remove_tree
 from nodemedic.repairs.step import StepClass
-from nodemedic.repairs.units import require_job
+from nodemedic.repairs.units import require_job, start_unit, stop_unit
 
 CONTAINERD = "containerd.service"
 KUBELET = "kubelet.service"
@@ -105,7 +105,9 @@ class AggressiveReset:
         return not aggressive_refusal(ctx)
 
     async def apply(self, ctx: RepairContext) -> str:
-        done = [await require_job(ctx, "StopUnit", KUBELET), await require_job(ctx, "StopUnit", CONTAINERD)]
+        # Each stop is recorded (persisted) first: killed or failed from here on (the refusal
+        # below included), the engine starts them again before it climbs or gives up.
+        done = [await stop_unit(ctx, KUBELET), await stop_unit(ctx, CONTAINERD)]
         if refusal := aggressive_refusal(ctx):  # a container may have started since the gate looked
             raise RuntimeError(f"refused after stopping the units: {refusal}")
         done += await run_in_step_unit(ctx, "remove-cni-leftovers")
@@ -115,8 +117,8 @@ class AggressiveReset:
         tidy_placeholder(ctx, done)
         # A fresh root is a fresh start: the crash loop's restarts must not hit its start limit.
         await ctx.bus.reset_failed(CONTAINERD)
-        done.append(await require_job(ctx, "StartUnit", CONTAINERD))
-        done.append(await require_job(ctx, "StartUnit", KUBELET))
+        done.append(await start_unit(ctx, CONTAINERD))
+        done.append(await start_unit(ctx, KUBELET))
         return "; ".join(done)
 
     async def verify(self, ctx: RepairContext) -> bool:

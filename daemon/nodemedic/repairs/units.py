@@ -25,6 +25,23 @@ async def require_job(ctx: RepairContext, verb: str, unit: str) -> str:
     return f"{_DONE[verb]} {unit}"
 
 
+async def stop_unit(ctx: RepairContext, unit: str) -> str:
+    """StopUnit, recorded first (persisted) so that an interrupted or failed step is undone."""
+    ctx.undo.will_stop(unit)
+    return await require_job(ctx, "StopUnit", unit)
+
+
+async def start_unit(ctx: RepairContext, unit: str, require: bool = True) -> str:
+    """StartUnit of a unit the step stopped; afterwards there is nothing to undo for it.
+    `require=False`: the job's result is the step's verification's business, not a failure."""
+    if require:
+        done = await require_job(ctx, "StartUnit", unit)
+    else:
+        done = f"start of {unit}: job {await ctx.bus.unit_job('StartUnit', unit, ctx.settings.policy.step_timeout)}"
+    ctx.undo.started(unit)
+    return done
+
+
 @dataclass(frozen=True)
 class RestartUnit:
     unit: str
