@@ -149,6 +149,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print()
     else:
         for finding in diagnosis.findings:
+            if finding.skipped:  # never "[ok ]": nothing was looked at
+                print(f"[skip] {finding.check}: {finding.detail}: {finding.skipped}")
+                continue
             mark = "ok " if finding.ok else "BAD"
             print(f"[{mark}] {finding.check}: {finding.detail}")
             if finding.problem:

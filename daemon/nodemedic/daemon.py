@@ -7,8 +7,12 @@ loop sleeps until the journal, D-Bus or inotify has something, or the watchdog i
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import stat
 import time
+from collections.abc import Callable
+from typing import Any
 
 from nodemedic.config import ConfigError
 from nodemedic.config.live import restart_only_changes
@@ -24,7 +28,7 @@ from nodemedic.repairs import cni
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.ingest import INGEST
 from nodemedic.repairs.remedies import CONFIRMS, CONTAINERD, REMEDIES
-from nodemedic.repairs.safety import Guard
+from nodemedic.repairs.safety import Guard, UnsafeOperation
 from nodemedic.report.dbus_api import ApiServer, RefusedError
 from nodemedic.report.journal import ERR, INFO, NOTICE, WARNING, Kind, log
 from nodemedic.report.metrics import Metrics
@@ -74,13 +78,19 @@ class Daemon:
         self._status = ""
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[object]] = set()
+        self._refusals: set[str] = set()  # refused operations already reported
 
     # -- life cycle ---------------------------------------------------------------------
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        # Whatever escapes a callback or a task is reported in the journal, never lost on stderr.
+        loop.set_exception_handler(self._loop_exception)
         notify("STATUS=starting: opening the journal")
-        self.store.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.store.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # a read-only state dir: the first write reports it, and the daemon runs degraded
         self.journal.open()
         self.paths.open()
         notify("STATUS=starting: subscribing to systemd over D-Bus")
@@ -88,8 +98,8 @@ class Daemon:
         api_task = loop.create_task(self.api.run(self._api_trouble))
         await self.units.ready.wait()
         await self.api.ready.wait()
-        self._check_cni_dir()
-        self._check_ingest_dir()
+        self._refusable("checking the CNI config dir", self._check_cni_dir)
+        self._refusable("checking the ingest dir", self._check_ingest_dir)
         self.engine.resume()
         for sig, handler in ((signal.SIGTERM, self.stopping.set), (signal.SIGINT, self.stopping.set),
                              (signal.SIGHUP, self.api_reload_task)):
@@ -192,9 +202,31 @@ class Daemon:
         while True:
             event = await self.queue.get()
             try:
-                self.dispatch(event)
+                self._refusable(f"handling {type(event).__name__}", lambda event=event: self.dispatch(event))
             except Exception as err:  # one bad event must never take the daemon down
                 log(Kind.SOURCE_TROUBLE, f"failed to handle {type(event).__name__}: {err}", ERR)
+
+    def _refusable(self, what: str, action: Callable[[], None]) -> None:
+        """Run `action`; a change the safety module refuses is reported (once per refusal), never
+        raised: a protected path is the operator's word, not a reason to crash or restart."""
+        try:
+            action()
+        except UnsafeOperation as err:
+            self._refused(what, err)
+
+    def _refused(self, what: str, err: UnsafeOperation) -> None:
+        if str(err) not in self._refusals:
+            self._refusals.add(str(err))
+            log(Kind.OPERATION_REFUSED, f"{what}: refused: {err}", WARNING, reason=str(err))
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        err = context.get("exception")
+        if isinstance(err, UnsafeOperation):
+            self._refused("a background task", err)
+            return
+        detail = f"{type(err).__name__}: {err}" if err is not None else str(context.get("message"))
+        log(Kind.TASK_FAILED, f"unhandled in the event loop: {context.get('message', '')}: {detail}", ERR,
+            error=detail)
 
     def dispatch(self, event: Event) -> None:
         if isinstance(event, JournalLine):
@@ -219,9 +251,13 @@ class Daemon:
         real, suspicion = conditions.cni_conf_dir(self.ctx.settings, self.root)
         if real and not self.ctx.state.real_cni_seen:
             self.ctx.state.real_cni_seen = True
-            self.store.save(self.ctx.state)
+            self.engine.save()
         if real:
-            removed = cni.remove_placeholder_if_superseded(self.ctx)
+            try:
+                removed = cni.remove_placeholder_if_superseded(self.ctx)
+            except UnsafeOperation as err:  # a protected conf dir: report, and go on checking
+                self._refused("removing the superseded placeholder CNI config", err)
+                removed = None
             if removed is not None:
                 log(Kind.PLACEHOLDER_REMOVED, f"removed placeholder CNI config {removed}: a real config exists",
                     NOTICE, path=removed)
@@ -245,8 +281,11 @@ class Daemon:
         log(Kind.SOURCE_TROUBLE, detail, WARNING, source="api")
 
     def _known_problem(self, problem: str) -> None:
-        if problem not in REMEDIES:
-            raise RefusedError("UnknownProblem", f"unknown problem {problem!r}; known: {', '.join(sorted(REMEDIES))}")
+        # A problem a signature names without a ladder (report-only) is known too: it has a
+        # record to forget and a plan ("would not repair: ...") to show.
+        known = frozenset(REMEDIES) | self.loaded.catalogue.problems | frozenset(self.ctx.state.problems)
+        if problem not in known:
+            raise RefusedError("UnknownProblem", f"unknown problem {problem!r}; known: {', '.join(sorted(known))}")
 
     def api_state(self) -> str:
         return self._state_text()
@@ -259,16 +298,21 @@ class Daemon:
                 for r in sorted(self.ctx.state.problems.values(), key=lambda r: r.problem)]
 
     def api_pause(self) -> None:
+        # Kept in state.json: a daemon restarted (SIGKILL, a repoint or join flow's restart) is
+        # still paused. Without persistence the pause holds only until a restart: reported.
         self.engine.gate.paused = True
-        log(Kind.PAUSED, "paused by the operator: observing only until resumed", NOTICE)
+        saved = self.engine.save()
+        log(Kind.PAUSED, "paused by the operator: observing only until resumed"
+            + ("" if saved else " (NOT saved: a restart of the daemon forgets this pause)"), NOTICE)
         self.update_status()
 
     def api_resume(self) -> None:
         self.engine.gate.paused = False
+        self.engine.save()
         log(Kind.RESUMED, "resumed by the operator: repairing again", NOTICE)
         self.update_status()
         self.engine.retry_held()
-        self._check_cni_dir()
+        self._refusable("checking the CNI config dir", self._check_cni_dir)
 
     def api_check(self, member: str, args: list[object]) -> None:
         """Refuse a call that cannot be done, with a reason, before anything changes."""
@@ -301,7 +345,8 @@ class Daemon:
             self.update_metrics()
 
     def update_metrics(self) -> None:
-        self.metrics.update(self.ctx.state.problems.values(), self.journal.entries_read, self.detector.hit_counts)
+        self.metrics.update(self.ctx.state.problems.values(), self.journal.entries_read, self.detector.hit_counts,
+                            state_save_failing=bool(self.engine.persist_error))
 
     def update_status(self) -> None:
         self.update_metrics()
@@ -325,8 +370,10 @@ class Daemon:
         else:
             state = "healthy"
         placeholder = self.root.path(settings.paths.cni_conf_dir) / settings.cni.placeholder_file
-        if placeholder.exists():
+        if _is_regular_file(placeholder):
             state += "; placeholder CNI config active (real network not yet configured)"
+        if self.engine.persist_error:
+            state += f"; state not saved ({self.engine.persist_error}): non-idempotent steps held back"
         if settings.daemon.mode == "observe":
             state += "; observe mode"
         if self.engine.gate.paused:
@@ -336,6 +383,15 @@ class Daemon:
 
 def config_warning(message: str) -> None:
     log(Kind.CONFIG_REJECTED, message, WARNING)
+
+
+def _is_regular_file(path: os.PathLike[str]) -> bool:
+    """Judged by lstat: our placeholder is a regular file we wrote; a symlink at its name (to
+    another network's config, say) is not it."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def run(root: HostRoot) -> int:

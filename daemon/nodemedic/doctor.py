@@ -32,6 +32,9 @@ class Finding:
     detail: str
     problem: str = ""
     plan: list[str] = field(default_factory=list)
+    # Why the check could not be made ("" when it was): a skip is neither ok nor bad, and does
+    # not change the exit code; `detail` then says what was skipped.
+    skipped: str = ""
 
 
 @dataclass
@@ -155,7 +158,7 @@ def _host_checks(ctx: RepairContext) -> list[Finding]:
     try:
         low = sysctl.too_low(ctx)
     except OSError as err:
-        findings.append(Finding("inotify limits", True, f"cannot read: {err.strerror}"))
+        findings.append(Finding("inotify limits", True, "not checked", skipped=f"cannot read: {err.strerror}"))
     else:
         findings.append(Finding("inotify limits", not low, ", ".join(f"{k}={v}" for k, v in low.items())
                                 + " below what containers need" if low else "sufficient",
@@ -180,7 +183,7 @@ async def _units(ctx: RepairContext) -> list[Finding]:
                                     + (f", result {state.result}" if state.result not in ("", "success") else ""),
                                     problem))
     except BusError as err:
-        findings.append(Finding("systemd", True, f"unit checks skipped: {err}"))
+        findings.append(Finding("systemd", True, "unit checks not made", skipped=str(err)))
     finally:
         ctx.bus.close()
     return findings

@@ -46,3 +46,19 @@ def test_report_only_and_observe_mode_say_why_nothing_would_be_done(tmp_path, ca
     found = findings(capsys, tmp_path)
     assert found["swap"]["plan"][0].startswith("would not repair: turning swap off")
     assert found["runtime"]["plan"] == ["would not repair: mode is observe"]
+
+
+def test_a_skipped_check_says_skip_and_why_and_does_not_change_the_exit_code(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path}/no-bus")  # no systemd to ask
+    code, out, _ = run_cli(capsys, "--root", str(tmp_path), "doctor")
+    lines = out.splitlines()
+    assert any(line.startswith("[skip] systemd: unit checks not made: ") for line in lines), out
+    # /proc/sys/fs/inotify is not in the throw-away root: that check is skipped too, and says why
+    assert any(line.startswith("[skip] inotify limits: not checked: cannot read") for line in lines), out
+    assert not any(line.startswith("[ok ] systemd") or line.startswith("[ok ] inotify") for line in lines), out
+    code_json, out_json, _ = run_cli(capsys, "--root", str(tmp_path), "doctor", "--json")
+    data = json.loads(out_json)
+    skipped = [f for f in data["findings"] if f["skipped"]]
+    assert {f["check"] for f in skipped} == {"systemd", "inotify limits"}
+    # the exit code is the verdict of the checks that ran (the missing runtime), skips aside
+    assert code == code_json == (0 if all(f["ok"] for f in data["findings"]) else 1)

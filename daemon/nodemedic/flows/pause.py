@@ -2,7 +2,9 @@
 
 A repoint stops containerd on purpose and a join restarts kubelet on purpose; the daemon would
 see runtime-down or a crash loop and restart units in the middle. If the operator had already
-paused the daemon, it stays paused afterwards; if no daemon runs, there is nothing to do.
+paused the daemon, it stays paused afterwards; if no daemon runs, there is nothing to do. The
+daemon keeps the pause in its state file, so a daemon restarted mid-flow (SIGKILL, a crash) is
+still paused until the flow's end resumes it.
 """
 
 from __future__ import annotations

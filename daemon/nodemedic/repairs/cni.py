@@ -88,7 +88,9 @@ def remove_placeholder_if_superseded(ctx: RepairContext) -> Path | None:
     """Remove the placeholder once a real config exists; returns the path removed."""
     conf_dir = ctx.node_path(ctx.settings.paths.cni_conf_dir)
     placeholder = conf_dir / ctx.settings.cni.placeholder_file
-    if placeholder.exists() and real_configs(conf_dir, ctx.settings.cni.placeholder_file):
+    # Ours is a regular file we wrote: a symlink at its name (another network's config) is not.
+    if placeholder.is_file() and not placeholder.is_symlink() \
+            and real_configs(conf_dir, ctx.settings.cni.placeholder_file):
         remove_file(ctx.guard, placeholder)
         return placeholder
     return None

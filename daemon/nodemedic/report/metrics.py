@@ -10,7 +10,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 
 from nodemedic.engine.state import Phase, ProblemRecord
-from nodemedic.repairs.safety import Guard, atomic_write, ensure_dir
+from nodemedic.repairs.safety import Guard, UnsafeOperation, atomic_write, ensure_dir
 from nodemedic.report.journal import WARNING, Kind, log
 
 disable_created_metrics()
@@ -36,6 +36,9 @@ class Metrics:
                                  "When the last repair step finished (Unix time).", registry=registry)
         self.entries = Counter("nodemedic_journal_entries_read", "Journal entries read from the watched units.",
                                registry=registry)
+        self.save_failing = Gauge("nodemedic_state_save_failing",
+                                  "1 while the engine's state cannot be saved (non-idempotent steps held back).",
+                                  registry=registry)
         self.hits = Counter("nodemedic_signature_hits", "Journal lines that matched a signature.", ["signature"],
                             registry=registry)
 
@@ -43,9 +46,11 @@ class Metrics:
         self.repairs.labels(problem, step, result).inc()
         self.last_repair.set(time.time())
 
-    def update(self, records: Iterable[ProblemRecord], entries_read: int, hits: Mapping[str, int]) -> None:
+    def update(self, records: Iterable[ProblemRecord], entries_read: int, hits: Mapping[str, int],
+               state_save_failing: bool = False) -> None:
         """Bring every series up to date and rewrite the file if anything changed."""
         records = list(records)
+        self.save_failing.set(1 if state_save_failing else 0)
         self.problem_state.clear()
         for phase in Phase:
             self.problems.labels(phase.value).set(sum(1 for r in records if r.phase == phase))
@@ -73,7 +78,11 @@ class Metrics:
                         "textfile collector?); not writing metrics", WARNING)
                     self._warned = True
                 return
-            ensure_dir(self.guard, self.path.parent)
+            try:
+                ensure_dir(self.guard, self.path.parent)
+            except (OSError, UnsafeOperation) as err:
+                self._warn(f"metrics: cannot create {self.path.parent}: {err}")
+                return
         text = self.render()
         if text == self._written:
             return  # nothing changed: leave the file and the disk alone
@@ -81,6 +90,11 @@ class Metrics:
             atomic_write(self.guard, self.path, text, mode=0o644)
             self._written = text
         except OSError as err:
-            if not self._warned:
-                log(Kind.SOURCE_TROUBLE, f"metrics: cannot write {self.path}: {err.strerror}", WARNING)
-                self._warned = True
+            self._warn(f"metrics: cannot write {self.path}: {err.strerror}")
+        except UnsafeOperation as err:  # a protected path: refused, reported, never raised
+            self._warn(f"metrics: refused to write {self.path}: {err}")
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:  # once, not on every change
+            log(Kind.SOURCE_TROUBLE, message, WARNING)
+            self._warned = True
