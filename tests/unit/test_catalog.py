@@ -11,3 +11,15 @@ def test_every_message_id_has_a_catalog_entry_and_ids_are_unique():
     assert len(ids) == len(set(ids))
     assert set(ids) == {k.value for k in Kind}
     assert len({k.value for k in Kind}) == len(Kind)
+
+
+def test_the_bus_policy_is_well_formed_and_lets_anyone_ask_for_a_plan():
+    import xml.dom.minidom
+
+    # dbus-daemon drops a file it cannot parse (a "--" in a comment is enough) and with it our
+    # right to own the name: the API would be gone.
+    doc = xml.dom.minidom.parse(str(REPO / "units" / "org.nodemedic1.conf"))
+    default = [p for p in doc.getElementsByTagName("policy") if p.getAttribute("context") == "default"]
+    members = {a.getAttribute("send_member") for p in default for a in p.getElementsByTagName("allow")
+               if a.getAttribute("send_interface") == "org.nodemedic1"}
+    assert members == {"Plan"}  # read-only; every steering method stays root's

@@ -465,7 +465,8 @@ class Engine:
                 log(Kind.STATE_NOT_SAVED, f"cannot save the engine's state to {self.store.path}: {detail}; repairing "
                     "without persistence: only idempotent steps run until a write succeeds", ERR,
                     path=self.store.path, error=detail)
-            self.persist_error = detail
+            # short, for the Status line and refusals; the journal entry above has the whole story
+            self.persist_error = (err.strerror if isinstance(err, OSError) and err.strerror else "") or detail
             self.on_change()
             return False
         if self.persist_error:
