@@ -474,6 +474,27 @@ def test_a_pause_outlives_a_restart(tmp_path):
     assert step.applied == 0 and "paused" in store.load().problems["demo"].detail
 
 
+def test_a_paused_daemon_resuming_a_step_applies_nothing_more_until_resumed(tmp_path):
+    first, second = FakeStep("one", heals=False, idempotent=False), FakeStep("two", heals=True)
+    engine, store = make_engine(tmp_path, [first, second])
+    interrupted(store)
+    state = store.load()
+    state.paused = True  # paused (and saved) before the daemon was killed
+    store.save(state)
+    asyncio.run(resumed(engine, store))
+    record = store.load().problems["demo"]
+    assert (first.applied, second.applied) == (0, 0) and first.verified >= 1
+    assert record.phase == Phase.CONFIRMED and "paused" in record.detail
+
+    async def resume_repairs() -> None:
+        engine.gate.paused = False
+        engine.retry_held()
+        await engine.idle()
+
+    asyncio.run(resume_repairs())
+    assert second.applied == 1 and store.load().problems["demo"].phase == Phase.HEALED
+
+
 # -- the cooldown gates a flap, not a new fault (item 11) -------------------------------------
 
 @dataclasses.dataclass

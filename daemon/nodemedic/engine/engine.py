@@ -307,6 +307,14 @@ class Engine:
                 continue
             if not applied and not forced and suspicion is not None and self._cooling(record, step, suspicion):
                 return
+            if self.gate.paused:
+                # Paused while a step ran, or a paused daemon resuming one: nothing more is applied.
+                # Held as confirmed, so that `nodemedic resume` looks at it again (retry_held).
+                self.current = None
+                self._transition(record, Phase.CONFIRMED, Kind.HELD_BACK,
+                                 f"next step {step.name} held back: paused by the operator")
+                self.save()  # on disk too: a restart must not resume (verify) the step before it again
+                return
             if not step.idempotent and self.persist_error:
                 self._exhaust(record, f"next step {step.name} held back: {PERSISTENCE_HOLD} ({self.persist_error}); "
                               "a step that is not idempotent runs only where its progress is recorded")
