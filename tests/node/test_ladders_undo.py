@@ -122,10 +122,11 @@ def check_outcome(node: Node, problem: str, step: str, cursor: str) -> None:
     healed_or_exhausted = node.wait_for(
         lambda: nodemedic_entries(node, Kind.HEALED, cursor, problem=problem)
         or nodemedic_entries(node, Kind.EXHAUSTED, cursor, problem=problem), timeout=180, what=f"{problem} settled")
-    # What the step stopped was started again by the resumed daemon, containerd before kubelet.
+    # What the step stopped runs again (before this fix kubelet stayed stopped) ...
+    node.wait_for(lambda: active(node, KUBELET) == "active", timeout=30, what="kubelet running again")
+    # ... started by the resumed daemon, containerd before kubelet, and said so.
     restored = [e["NODEMEDIC_UNIT"] for e in nodemedic_entries(node, Kind.RESTORED, cursor, problem=problem)]
     assert restored and restored[-1] == KUBELET and restored == sorted(restored, key=[CONTAINERD, KUBELET].index)
-    node.wait_for(lambda: active(node, KUBELET) == "active", timeout=30, what="kubelet running again")
     assert undo(node, problem) == []
     # Not idempotent: applied once, then only verified after the restart.
     started = nodemedic_entries(node, Kind.STEP_STARTED, cursor, problem=problem)
