@@ -483,10 +483,13 @@ class Engine:
                 NOTICE, path=self.store.path)
             held = [r for r in self.ctx.state.problems.values()
                     if r.phase == Phase.EXHAUSTED and PERSISTENCE_HOLD in r.detail]
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a one-shot command): nothing to look at again
+                held = []
             for record in held:  # after this write returns: a suspect() runs its own saves
-                asyncio.get_running_loop().call_soon(
-                    self._restart_held, record, "the state can be saved again",
-                    "re-checked once the state could be saved again", "persistence")
+                loop.call_soon(self._restart_held, record, "the state can be saved again",
+                               "re-checked once the state could be saved again", "persistence")
         self.on_change()
         return True
 
