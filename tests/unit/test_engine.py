@@ -336,7 +336,7 @@ def test_a_step_timing_out_after_a_stop_is_undone(tmp_path):
             await asyncio.sleep(3600)
             return "never"
 
-    engine, store = make_engine(tmp_path, [Hangs("hang", heals=True)], conf='step_timeout = "0.2s"\n')
+    engine, store = make_engine(tmp_path, [Hangs("hang", heals=True)], conf='step_timeout = "1s"\n')
     bus = engine.ctx.bus = RecordingBus()
     asyncio.run(episode(engine))
     assert ("StartUnit", "kubelet.service") in bus.calls

@@ -34,11 +34,11 @@ class Kind(Enum):
     PAUSED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f22"
     RESUMED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f23"
     # the engine's own troubles (issue 18)
-    STATE_NOT_SAVED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f60"
-    STATE_SAVED_AGAIN = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f61"
-    TASK_FAILED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f62"
-    OPERATION_REFUSED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f63"
-    RESTORED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f64"
+    STATE_NOT_SAVED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f80"
+    STATE_SAVED_AGAIN = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f81"
+    TASK_FAILED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f82"
+    OPERATION_REFUSED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f83"
+    RESTORED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f84"
     # `nodemedic repoint`
     REPOINT_REFUSED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f30"
     REPOINT_STARTED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f31"
