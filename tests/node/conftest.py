@@ -33,6 +33,7 @@ for p in (str(HERE.parents[1]), str(HERE.parents[1] / "daemon")):
         sys.path.insert(0, p)
 
 from tests.node.testbed import faults, stacks  # noqa: E402
+from tests.node.testbed.kube_fixtures import control_plane, kube_binaries, kubelet  # noqa: E402, F401
 from tests.node.testbed.node import Node, boot_node  # noqa: E402
 from tests.node.testbed.stacks import Stack  # noqa: E402
 
