@@ -81,7 +81,6 @@ class Pki:
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.ca_cert, self.ca_key = self.dir / "ca.crt", self.dir / "ca.key"
         self._serial = 1
 
@@ -90,6 +89,7 @@ class Pki:
         os.chmod(path, 0o600)
 
     def make_ca(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
         self._key(self.ca_key)
         _run(["openssl", "req", "-x509", "-new", "-key", str(self.ca_key), "-out", str(self.ca_cert),
               "-days", "7", "-subj", "/CN=nodemedic-testbed-ca"])
