@@ -15,9 +15,12 @@ What kubelet 1.20 cannot be made to show here, and why:
   same containerd, so any fault that stalls the relist for 3 minutes also fails the status
   check, and kubelet reports both ("[container runtime is down, PLEG is not healthy: ...]").
   A stalled relist with a healthy Status needs a CRI proxy in front of containerd; not built.
-- "Image garbage collection failed multiple times in a row": image GC runs every 5 minutes
-  (a constant in kubelet.go), so a second failure costs more than 5 minutes of CI; the "failed
-  once" line comes with every kubelet start (stats not ready yet) and is captured at start-up.
+- "Image garbage collection failed ... invalid capacity 0": image GC runs at kubelet start and
+  then every 5 minutes (a constant in kubelet.go). At start it fails only when cAdvisor has no
+  stats for the image filesystem yet, which is a race (seen by issue 14's first try, not in
+  this session's runs); a fault injected later waits up to 5 minutes for the next GC, more
+  than CI can spend. The CRI stats provider's "Failed to get the info of the filesystem with
+  mountpoint" line for the same fault comes within seconds and is captured.
 """
 
 from __future__ import annotations
@@ -68,20 +71,6 @@ def ready_again(kubelet: Kubelet) -> Iterator[Kubelet]:
     """The fault's restore (by `inject`) runs before this teardown: the node must be Ready again."""
     yield kubelet
     kubelet.wait_ready(timeout=120)
-
-
-def test_image_gc_at_start_finds_no_capacity(node: Node, kubelet: Kubelet) -> None:
-    """Every kubelet start: the first image GC runs before cAdvisor has stats for the image fs."""
-    line = kubelet_line(node, "Image garbage collection failed once", since="")
-    assert "invalid capacity 0 on image filesystem" in line, line
-    assert capture(node, "kubelet start", "kubelet-imagefs-invalid-capacity", line), line
-
-
-def test_imagefs_info_missing_at_start(node: Node, kubelet: Kubelet) -> None:
-    """The same start-up race seen by the CRI stats provider: no cAdvisor data for the mountpoint."""
-    line = kubelet_line(node, "Failed to get the info of the filesystem with mountpoint", since="")
-    capture(node, "kubelet start", "kubelet-imagefs-info-unavailable", line)
-    assert SIGNATURES["kubelet-imagefs-info-unavailable"].matches(line), line
 
 
 def snapshotter_moved(node: Node) -> faults.Fault:

@@ -50,6 +50,7 @@ KERNEL_TUNABLES = {
 }
 # The v1 controllers kubelet's cgroup manager checks for the cgroupRoot (cgroup_manager_linux.go
 # Exists + container_manager_linux.go validateSystemRequirements), plus the others it joins.
+_WRITE_PLAIN = "import sys; open(sys.argv[1], 'w').write(sys.argv[2])"
 CGROUP_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "systemd", "devices", "freezer", "blkio")
 
 
@@ -165,8 +166,10 @@ def _make_cgroup_root(node: Node) -> Callable[[], None]:
         node.run(["mkdir", "-p", f"{base}{root}"])
         made.append(f"{base}{root}")
         if controller == "cpuset":
+            # cgroupfs files take a plain write; write_file's temp file + rename cannot work here.
             for f in ("cpuset.cpus", "cpuset.mems"):
-                node.write_file(f"{base}{root}/{f}", node.read_file(f"{base}/{f}"))
+                value = node.read_file(f"{base}/{f}").decode().strip()
+                node.run(["python3", "-c", _WRITE_PLAIN, f"{base}{root}/{f}", value])
 
     def remove_cgroup_root() -> None:
         for d in made:
