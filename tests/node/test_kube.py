@@ -18,7 +18,7 @@ from tests.node.testbed.kube_cp import API_IP, ControlPlane
 from tests.node.testbed.kube_node import Kubelet, cgroup_root
 from tests.node.testbed.node import Node
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, pytest.mark.stacks("bookworm")]  # where the real kubelet was verified
 
 
 def _version(binary: Path) -> str:

@@ -40,7 +40,7 @@ from tests.node.testbed import faults
 from tests.node.testbed.kube_node import Kubelet
 from tests.node.testbed.node import Node
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, pytest.mark.stacks("bookworm")]  # where the real kubelet was verified
 
 REPO = Path(__file__).resolve().parents[2]
 SIGNATURES = {s.id: s for s in load_catalogue(HostRoot(REPO / "tests" / "no-such-root")).signatures}
