@@ -18,7 +18,7 @@ from tests.node.testbed.kube_cp import API_IP, ControlPlane
 from tests.node.testbed.kube_node import Kubelet, cgroup_root
 from tests.node.testbed.node import Node
 
-pytestmark = [pytest.mark.node, pytest.mark.stacks("bookworm")]  # where the real kubelet was verified
+pytestmark = [pytest.mark.node, pytest.mark.stacks("bookworm", "trixie")]  # containerd 1.6 and 1.7 serve CRI v1alpha2
 
 
 def _version(binary: Path) -> str:
