@@ -17,8 +17,9 @@ from nodemedic.engine.policy import Gate
 from nodemedic.engine.state import EngineState, ProblemRecord
 from nodemedic.flows.mirrors_config import doctor_report
 from nodemedic.hostroot import HostRoot
+from nodemedic.probes import containerd_config, containerd_info
 from nodemedic.probes.cri import CriClient, CriError
-from nodemedic.repairs import cni, imagefs, ingest, sysctl
+from nodemedic.repairs import cgroup, cni, imagefs, ingest, sysctl
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedies import REMEDIES
 from nodemedic.repairs.safety import Guard
@@ -40,13 +41,17 @@ class Finding:
 @dataclass
 class Diagnosis:
     findings: list[Finding]
+    containerd: containerd_info.ContainerdInfo | None = None
 
     @property
     def healthy(self) -> bool:
         return all(f.ok for f in self.findings)
 
     def as_json(self) -> dict[str, object]:
-        return {"healthy": self.healthy, "findings": [asdict(f) for f in self.findings]}
+        out: dict[str, object] = {"healthy": self.healthy, "findings": [asdict(f) for f in self.findings]}
+        if self.containerd is not None:
+            out["containerd"] = self.containerd.as_json()
+        return out
 
 
 def plan_for(ctx: RepairContext, problem: str, forced: bool = False) -> list[str]:
@@ -88,6 +93,48 @@ async def _runtime(ctx: RepairContext) -> list[Finding]:
     findings.append(Finding("image filesystem", not problem, problem or "capacity > 0",
                             "imagefs-capacity-zero" if problem else ""))
     return findings
+
+
+async def _containerd(ctx: RepairContext) -> tuple[containerd_info.ContainerdInfo, list[Finding]]:
+    """containerd's version, its config file's version and deprecations, the cgroup driver (and
+    where a kubelet/runc mismatch can happen), and whether it reads the CNI dir nodemedic watches."""
+    path = ctx.settings.paths.containerd_config
+    info = await containerd_info.gather(ctx.cri, ctx.node_path(path), path)
+    findings = []
+    if info.config_version is None:
+        findings.append(Finding("containerd config", False, "; ".join(info.errors)))
+    else:
+        shown = f"{path} version {info.config_version}" if info.config_exists else f"no {path} (defaults)"
+        note = info.config_note()
+        unreadable = info.major is not None and info.major < 2 and info.config_version >= 3
+        detail = f"containerd {info.version or '(not answering)'}, {shown}" + (f"; {note}" if note else "")
+        findings.append(Finding("containerd config", not unreadable, detail))
+    if info.deprecations:
+        listed = "; ".join(f"{key}: {text}" for key, text in sorted(info.deprecations.items()))
+        findings.append(Finding("containerd deprecations", True, f"{len(info.deprecations)} deprecation warning(s) "
+                                f"(CRI {containerd_info.DEPRECATIONS_CONDITION}=false): {listed}"))
+    elif info.deprecations == {}:
+        findings.append(Finding("containerd deprecations", True, "none"))
+    findings.append(await _cgroup_driver(ctx, info))
+    try:
+        config = containerd_config.load(ctx.node_path(path))
+    except containerd_config.ContainerdConfigError:
+        return info, findings
+    watched = ctx.settings.paths.cni_conf_dir
+    if config.cni_conf_dir.rstrip("/") != watched.rstrip("/"):
+        findings.append(Finding("CNI config dir", False, f"containerd reads CNI configs from {config.cni_conf_dir} "
+                                f"({'.'.join(config.layout.cni)}.conf_dir) but nodemedic watches {watched}: set "
+                                "paths.cni_conf_dir to the same directory"))
+    return info, findings
+
+
+async def _cgroup_driver(ctx: RepairContext, info: containerd_info.ContainerdInfo) -> Finding:
+    kubelet = cgroup.kubelet_cgroup_driver(ctx)
+    note = info.cgroup_note(kubelet)
+    if info.cgroup_driver is None and await cgroup.driver_mismatch(ctx):
+        return Finding("cgroup driver", False, f"kubelet is configured for systemd and containerd's runc runs with "
+                       f"cgroupfs; {note}", "cgroup-driver-mismatch")
+    return Finding("cgroup driver", True, note)
 
 
 def _containerd_root(ctx: RepairContext) -> Finding:
@@ -193,11 +240,12 @@ async def diagnose(settings: Settings, root: HostRoot) -> Diagnosis:
     guard = Guard.from_paths(root.path(p) for p in settings.policy.protected_paths)
     async with CriClient(str(root.path(settings.paths.containerd_socket)), timeout=3.0) as cri:
         ctx = RepairContext(settings, root, guard, SystemdBus(), cri, EngineState())
-        findings = await _units(ctx) + await _runtime(ctx) + _host_checks(ctx)
+        info, containerd_findings = await _containerd(ctx)
+        findings = await _units(ctx) + await _runtime(ctx) + containerd_findings + _host_checks(ctx)
         for finding in findings:
             if finding.problem:
                 finding.plan = plan_for(ctx, finding.problem)
-    return Diagnosis(findings)
+    return Diagnosis(findings, info)
 
 
 def run_doctor(settings: Settings, root: HostRoot) -> Diagnosis:

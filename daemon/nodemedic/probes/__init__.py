@@ -11,6 +11,7 @@ from nodemedic.probes.cri import (
     CriStatus,
     CriUnavailable,
     ImageFsUsage,
+    RuntimeVersion,
     cri_status,
     imagefs_info,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "FsCapacity",
     "ImageFsUsage",
     "MountInfo",
+    "RuntimeVersion",
     "cri_status",
     "fs_capacity",
     "fs_capacity_or_none",

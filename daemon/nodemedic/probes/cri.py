@@ -1,4 +1,5 @@
-"""CRI probe: RuntimeService.Status and ImageService.ImageFsInfo over containerd's unix socket.
+"""CRI probe: RuntimeService.Status, Version, RuntimeConfig and ImageService.ImageFsInfo over
+containerd's unix socket (CRI v1: the only version containerd 2.x serves).
 
 The client is grpclib, a pure-asyncio gRPC implementation, over the message classes of the CRI
 stubs package: it runs on the daemon's one event loop with no threads of its own, so an idle
@@ -15,6 +16,7 @@ import asyncio
 import concurrent.futures
 import importlib
 import importlib.util
+import json
 import os
 import stat
 import sys
@@ -50,6 +52,13 @@ T = TypeVar("T")
 STATUS = "/runtime.v1.RuntimeService/Status"
 IMAGEFS_INFO = "/runtime.v1.ImageService/ImageFsInfo"
 LIST_POD_SANDBOX = "/runtime.v1.RuntimeService/ListPodSandbox"
+VERSION = "/runtime.v1.RuntimeService/Version"
+RUNTIME_CONFIG = "/runtime.v1.RuntimeService/RuntimeConfig"
+
+# containerd 2.x adds this condition to Status (1.6 does not): false when the daemon has
+# deprecation warnings (introspection's Deprecations, minus ignore_deprecation_warnings); its
+# message is a JSON object, warning id -> text.
+DEPRECATIONS_CONDITION = "ContainerdHasNoDeprecationWarnings"
 
 
 class CriError(Exception):
@@ -77,6 +86,15 @@ class CriStatus:
     network_message: str
     runtime_reason: str = ""
     runtime_message: str = ""
+    # None: the runtime reports no such condition (containerd 1.6, older 1.7); {} none listed.
+    deprecations: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeVersion:
+    runtime_name: str  # "containerd"
+    runtime_version: str  # "v2.1.9", "1.6.20~ds1"
+    runtime_api_version: str  # "v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +145,28 @@ def _status_from(resp: Any) -> CriStatus:
         network_message=net.message if net else "",
         runtime_reason=rt.reason if rt else "",
         runtime_message=rt.message if rt else "",
+        deprecations=_deprecations(conds.get(DEPRECATIONS_CONDITION)),
     )
 
 
+def _deprecations(cond: Any) -> dict[str, str] | None:
+    if cond is None:
+        return None
+    if cond.status:
+        return {}
+    try:
+        listed = json.loads(cond.message)
+    except ValueError:
+        listed = None
+    if isinstance(listed, dict) and listed:
+        return {str(k): str(v) for k, v in listed.items()}
+    # Not the JSON object containerd writes: keep the text rather than lose the warning.
+    return {cond.reason or "deprecation": cond.message}
+
+
 def _imagefs_from(resp: Any) -> list[ImageFsUsage]:
+    """One entry per snapshotter in use (containerd 2.x), the configured snapshotter's first:
+    kubelet reads only the first. containerd 1.x answers with that one entry alone."""
     out = []
     for fs in resp.image_filesystems:
         out.append(
@@ -183,6 +219,25 @@ class CriClient:
                                  timeout)
         return [PodSandbox(id=s.id, name=s.metadata.name, namespace=s.metadata.namespace,
                            ready=s.state == api_pb2.SANDBOX_READY) for s in resp.items]
+
+    async def version(self) -> RuntimeVersion:
+        resp = await self._unary(VERSION, api_pb2.VersionRequest(), api_pb2.VersionResponse)
+        return RuntimeVersion(resp.runtime_name, resp.runtime_version, resp.runtime_api_version)
+
+    async def cgroup_driver(self) -> str | None:
+        """RuntimeService.RuntimeConfig's cgroup driver, "systemd" or "cgroupfs"; None when the
+        runtime does not implement it (containerd before 2.0): kubelet then uses its own
+        cgroupDriver setting. A kubelet >= 1.31 (KubeletCgroupDriverFromCRI) takes the driver
+        from this answer instead, so kubelet and runtime cannot disagree."""
+        try:
+            resp = await self._unary(RUNTIME_CONFIG, api_pb2.RuntimeConfigRequest(), api_pb2.RuntimeConfigResponse)
+        except CriCallFailed as err:
+            if err.code == Status.UNIMPLEMENTED.name:
+                return None
+            raise
+        if not resp.HasField("linux"):  # SYSTEMD is the enum's zero: an absent message is no answer
+            return None
+        return "cgroupfs" if resp.linux.cgroup_driver == api_pb2.CGROUPFS else "systemd"
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -2,6 +2,15 @@
 
 The edit is a round trip through tomlkit, so every other line and comment the operator wrote
 stays; a backup is kept next to it. Never regenerate the file from `containerd config default`.
+
+Where a mismatch can happen: kubelet passes cgroup paths in its own driver's format, and runc
+rejects the other format ("expected cgroupsPath to be of format"). A kubelet >= 1.31
+(KubeletCgroupDriverFromCRI, on by default) asks the runtime with CRI RuntimeConfig and follows
+its answer, so against containerd 2.x (which implements RuntimeConfig) the two cannot disagree.
+The mismatch remains possible with containerd 1.6/1.7 (no RuntimeConfig: kubelet uses its
+config's cgroupDriver) and with an older kubelet, or one with that gate off, on any containerd.
+The ladder is entered on runc's error, which only those combinations produce; `doctor` says
+which case a node is in (probes.containerd_info.cgroup_note).
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ capacity 0. The ladder warms containerd up (namespace, image and snapshot listin
 until the mountpoint exists with a capacity > 0, then restarts containerd, then kubelet, in that
 order and kubelet only once containerd is healthy. Never: wipe /var/lib/containerd, prune images
 or touch GC thresholds for this (a stats problem, not a disk-space problem).
+
+containerd 2.x answers ImageFsInfo with one entry per snapshotter that holds snapshots, the
+configured snapshotter's first (kubelet reads only the first); another snapshotter's entry may
+name no mountpoint at all. Only the configured snapshotter's entry is the image filesystem.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from nodemedic.probes.cri import CriError
+from nodemedic.probes import containerd_config
+from nodemedic.probes.cri import CriError, ImageFsUsage
 from nodemedic.probes.fs import fs_capacity_or_none
 from nodemedic.repairs.commands import run
 from nodemedic.repairs.context import RepairContext
@@ -24,6 +29,25 @@ CTR = "ctr"
 K8S_NAMESPACE = "k8s.io"
 
 
+def configured_snapshotter_root(ctx: RepairContext) -> str:
+    """<root>/io.containerd.snapshotter.v1.<snapshotter> from containerd's config.toml; "" when
+    the file cannot be read (then the first entry, kubelet's, is taken)."""
+    try:
+        config = containerd_config.load(ctx.root.path(ctx.settings.paths.containerd_config))
+    except containerd_config.ContainerdConfigError:
+        return ""
+    return config.snapshotter_root
+
+
+def image_filesystem(filesystems: list[ImageFsUsage], snapshotter_root: str) -> ImageFsUsage:
+    """The configured snapshotter's entry: the one at its root, else the first (containerd puts
+    it first; 1.x has only that one). `filesystems` is not empty."""
+    for fs in filesystems:
+        if snapshotter_root and fs.mountpoint.rstrip("/") == snapshotter_root.rstrip("/"):
+            return fs
+    return filesystems[0]
+
+
 async def imagefs_problem(ctx: RepairContext) -> str:
     """Why the image filesystem has no usable capacity, or "" when it is healthy."""
     try:
@@ -32,12 +56,14 @@ async def imagefs_problem(ctx: RepairContext) -> str:
         return f"CRI ImageFsInfo failed: {err}"
     if not filesystems:
         return "CRI ImageFsInfo names no image filesystem"
-    for fs in filesystems:
-        capacity = fs_capacity_or_none(str(ctx.root.path(fs.mountpoint)))
-        if capacity is None:
-            return f"statvfs of {fs.mountpoint} fails"
-        if capacity.capacity_bytes == 0:
-            return f"{fs.mountpoint} has capacity 0"
+    fs = image_filesystem(filesystems, configured_snapshotter_root(ctx))
+    if not fs.mountpoint:
+        return "CRI ImageFsInfo names no mountpoint for the image filesystem"
+    capacity = fs_capacity_or_none(str(ctx.root.path(fs.mountpoint)))
+    if capacity is None:
+        return f"statvfs of {fs.mountpoint} fails"
+    if capacity.capacity_bytes == 0:
+        return f"{fs.mountpoint} has capacity 0"
     return ""
 
 
