@@ -198,17 +198,52 @@ def cmd_status(args: argparse.Namespace) -> int:
     problems = [dict(zip(("problem", "state", "step", "attempts", "last_change", "detail"), row, strict=True))
                 for row in props["Problems"]]
     active = [p for p in problems if p["state"] not in ("idle", "healed")]
+    containerd = _containerd_summary(_root(args))
     if args.json:
-        json.dump({"state": props["State"], "mode": props["Mode"], "problems": problems}, sys.stdout, indent=2)
+        json.dump({"state": props["State"], "mode": props["Mode"], "problems": problems,
+                   "containerd": containerd.as_json()}, sys.stdout, indent=2)
         print()
     else:
         print(f"nodemedic: {props['State']}")
         print(f"mode: {props['Mode']}")
+        for line in _containerd_lines(containerd):
+            print(line)
         if problems:
             print(f"{'PROBLEM':28} {'STATE':10} {'STEP':26} {'ATTEMPTS':>8}  DETAIL")
             for p in problems:
                 print(f"{p['problem']:28} {p['state']:10} {p['step'] or '-':26} {p['attempts']:>8}  {p['detail']}")
     return EXIT_INVALID if active else EXIT_OK
+
+
+def _containerd_summary(root: HostRoot) -> Any:
+    """containerd's version, config version and deprecations, asked directly (CRI and the file),
+    not through the daemon: `status` shows them even for a daemon that predates the question."""
+    import asyncio
+
+    from nodemedic.probes import containerd_info
+    from nodemedic.probes.cri import CriClient
+
+    try:
+        paths = load_config(root, lambda _msg: None).settings.paths
+    except ConfigError as err:
+        return containerd_info.ContainerdInfo(errors=[f"configuration: {err}"])
+
+    async def ask() -> containerd_info.ContainerdInfo:
+        async with CriClient(str(root.path(paths.containerd_socket)), timeout=2.0) as cri:
+            return await containerd_info.gather(cri, root.path(paths.containerd_config), paths.containerd_config)
+
+    return asyncio.run(ask())
+
+
+def _containerd_lines(info: Any) -> list[str]:
+    config = f"config version {info.config_version}" if info.config_version is not None else "config unreadable"
+    lines = [f"containerd: {info.version or 'not answering'}, {info.config_path} {config}"]
+    if note := info.config_note():
+        lines.append(f"  {note}")
+    for key, text in sorted((info.deprecations or {}).items()):
+        lines.append(f"  deprecated: {key}: {text}")
+    lines += [f"  {error}" for error in info.errors]
+    return lines
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
