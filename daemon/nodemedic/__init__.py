@@ -1,3 +1,3 @@
 """nodemedic: notices, confirms and repairs Kubernetes node failures, unattended."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

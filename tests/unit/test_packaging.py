@@ -8,7 +8,9 @@ wheel, a path the daemon writes that its sandbox does not allow.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import tomllib
 from pathlib import Path, PurePosixPath
 
@@ -230,8 +232,12 @@ def test_debian_dependencies_are_declared() -> None:
     control = (DEBIAN / "control").read_text()
     binary = control[control.index("Package: nodemedic"):]
     depends = re.search(r"^Depends:(.*?)(?=^\S)", binary + "\nEnd:", flags=re.M | re.S).group(1)
-    for package in [*FROM_DEBIAN.values(), "python3 (>= 3.11)", "python3 (<< 3.12)", "${shlibs:Depends}"]:
+    for package in [*FROM_DEBIAN.values(), "${nodemedic:Python}", "${nodemedic:Systemd}", "${shlibs:Depends}"]:
         assert package in depends, f"Depends lacks {package}"
+    # The substvars are filled from the build root's own python3 and the unit variant installed.
+    rules = (DEBIAN / "rules").read_text()
+    assert '-Vnodemedic:Python="python3 (>= $(PYVER)), python3 (<< $(PYNEXT))"' in rules
+    assert '-Vnodemedic:Systemd="systemd (>= $(SYSTEMD_MIN))"' in rules
     assert re.search(r"^Architecture: amd64$", binary, flags=re.M)
     source = control[:control.index("Package: nodemedic")]
     for package in ("python3-venv", "python3-setuptools", "python3-wheel", *FROM_DEBIAN.values()):
@@ -240,7 +246,7 @@ def test_debian_dependencies_are_declared() -> None:
 
 def test_copyright_covers_every_bundled_distribution() -> None:
     copyright_text = (DEBIAN / "copyright").read_text()
-    site = "opt/venvs/nodemedic/lib/python3.11/site-packages/"
+    site = "opt/venvs/nodemedic/lib/python3.*/site-packages/"
     for req, _ in lock_entries():
         dist_info = re.sub(r"[-_.]+", "_", req.name).lower()
         assert f"{site}{dist_info}-*" in copyright_text, f"debian/copyright has no Files: for {req.name}"
@@ -386,3 +392,75 @@ def test_catalog_is_well_formed() -> None:
 def test_tmpfiles_creates_only_the_cni_dir_the_sandbox_needs() -> None:
     lines = [ln for ln in (DEBIAN / "nodemedic.tmpfiles").read_text().splitlines() if ln and not ln[0] == "#"]
     assert lines == ["d /etc/cni/net.d - - - -"]
+
+
+# ---- one package per Debian release -------------------------------------------------------------
+
+SUITES = {"bookworm": ("12", "3.11"), "trixie": ("13", "3.13"), "forky": ("14", "3.14")}
+# The compiled wheels of the lock: one file per CPython ABI (the others are py3-none or abi3).
+COMPILED = {"google-re2", "grpcio", "multidict", "pyahocorasick"}
+
+
+def make_version(suite: str, **env: str) -> str:
+    out = subprocess.run(["make", "-s", "--no-print-directory", "version", f"SUITE={suite}"], cwd=REPO,
+                         capture_output=True, text=True, check=True, env={**os.environ, **env})
+    return out.stdout.strip()
+
+
+def dpkg_lt(a: str, b: str) -> bool:
+    return subprocess.run(["dpkg", "--compare-versions", a, "lt", b], check=False).returncode == 0
+
+
+def test_suite_versions_upgrade_from_debian_12_to_13_to_forky() -> None:
+    upstream = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    versions = {suite: make_version(suite) for suite in SUITES}
+    assert versions == {suite: f"{upstream}~deb{number}u1" for suite, (number, _) in SUITES.items()}
+    # Debian's backports/security convention: older release < newer release < plain upstream.
+    assert dpkg_lt(versions["bookworm"], versions["trixie"])
+    assert dpkg_lt(versions["trixie"], versions["forky"])
+    assert dpkg_lt(versions["forky"], upstream)
+    # Each is an upgrade from the first release's plain 0.1.0 package, and a rebuild (u2) of one
+    # release is an upgrade within it that still sorts below the next release.
+    for version in versions.values():
+        assert dpkg_lt("0.1.0", version)
+    rebuilt = make_version("bookworm", NODEMEDIC_REV="2")
+    assert rebuilt == f"{upstream}~deb12u2"
+    assert dpkg_lt(versions["bookworm"], rebuilt) and dpkg_lt(rebuilt, versions["trixie"])
+
+
+def test_make_refuses_an_unknown_suite() -> None:
+    out = subprocess.run(["make", "-s", "version", "SUITE=buster"], cwd=REPO, capture_output=True, text=True,
+                         check=False)
+    assert out.returncode != 0 and "choose bookworm, trixie or forky" in out.stderr
+
+
+def test_makefile_maps_each_suite_to_its_release_and_python() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    for suite, (number, python) in SUITES.items():
+        assert f"DEBIAN_{suite} := {number}\n" in makefile
+        assert f"PYTHON_{suite} := {python}\n" in makefile
+
+
+def test_lock_has_a_wheel_hash_for_each_suites_cpython() -> None:
+    hashes = {canonicalize_name(r.name): h for r, h in lock_entries()}
+    for name in COMPILED:
+        # cp311, cp313, cp314: checked when written with `pip download --only-binary=:all:
+        # --python-version 3.1X`; make deb for each suite fails on a missing one (--require-hashes).
+        assert len(hashes[name]) == len(SUITES), f"{name}: {len(hashes[name])} hashes, want one per suite"
+    for name, listed in hashes.items():
+        if name not in COMPILED:
+            assert len(listed) == 1, f"{name}: a pure-python (or abi3) wheel is shared by every suite"
+
+
+def test_buildroot_takes_the_suites_from_the_makefile() -> None:
+    script = (REPO / "packaging/buildroot").read_text()
+    for suite in SUITES:
+        assert suite in script
+    assert "--private-network" in script and "--read-only" in script  # a build never changes the root
+
+
+def test_rules_choose_unit_dir_and_variant_by_suite() -> None:
+    rules = (DEBIAN / "rules").read_text()
+    assert "SUITE := $(shell dpkg-parsechangelog -S Distribution)" in rules
+    assert "UNITDIR := $(if $(filter bookworm,$(SUITE)),lib,usr/lib)/systemd/system" in rules
+    assert "SITE := $(DEST)/lib/python$(PYVER)/site-packages" in rules
