@@ -1,13 +1,17 @@
-"""The Debian package, from `make deb` to `apt-get purge`, in a booted node (issue 6's "done when").
+"""The Debian package, from `make deb` to `apt-get purge`, in a booted node of every stack (issue 6's
+and issue 13's "done when").
 
-The .deb is built once per test run from the working tree, twice: at the changelog's version and
-at a higher one, for the upgrade. lintian checks it on the host. The node boots from the test bed
-image with the image's own nodemedic runtime (/opt/venvs) removed, so the package must bring
-everything; the node has no network (--private-network), so nothing can come from PyPI or the
-Debian archive at install time: every dependency must already be satisfied by Debian 12 packages.
+On each stack the .deb for the node's Debian release is built (`make deb SUITE=<suite>`, in a
+clean build root of that suite) from the working tree, twice: <upstream>~deb<N>u1 and, for the
+upgrade, ~deb<N>u2. That suite's lintian checks it, in its build root. The node boots from the
+test bed image with the image's own nodemedic runtime (/opt/venvs) removed, so the package must
+bring everything; the node has no network (--private-network), so nothing can come from PyPI or
+the Debian archive at install time: every dependency must already be satisfied by the node's
+own release.
 
-The tests run in file order and share one node: install, sandbox at work, reload, upgrade,
-remove, purge. A failure leaves the later ones failing too, loudly; nothing is ever skipped.
+The tests run in file order and share one node per stack: install, sandbox at work (a fault
+healed, verified over CRI), doctor, reload, upgrade, remove, purge. A failure leaves the later
+ones failing too, loudly; nothing is ever skipped.
 """
 
 from __future__ import annotations
@@ -45,41 +49,69 @@ SEEN: dict[str, object] = {}
 # ---- building ------------------------------------------------------------------------------------
 
 
-def _changelog_version() -> str:
-    out = subprocess.run(["dpkg-parsechangelog", "-l", str(REPO / "packaging/debian/changelog"), "-S", "Version"],
-                         capture_output=True, text=True, check=True)  # fmt: skip
-    return out.stdout.strip()
+MAKE = ["make", "--no-print-directory", "-C", str(REPO)]
+REVS = {"v1": "1", "v2": "2"}
+
+
+class DebBuilds:
+    """The .debs of each suite, built on first use: {"v1": ~deb<N>u1, "v2": ~deb<N>u2}, and the
+    directory they are in (for `make lintian DIST=...`)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.built: dict[str, dict[str, Path]] = {}
+
+    def dist(self, suite: str) -> Path:
+        return self.out / suite
+
+    def __call__(self, suite: str) -> dict[str, Path]:
+        if suite not in self.built:
+            self.built[suite] = self._build(suite)
+        return self.built[suite]
+
+    def _build(self, suite: str) -> dict[str, Path]:
+        dist = self.dist(suite)
+        dist.mkdir(parents=True, exist_ok=True)
+        # Wheels first (downloaded once into dist/wheels/cp3X), the build root (made once, cached),
+        # then both builds side by side.
+        for target in ("wheels", "buildroot"):
+            cp = subprocess.run([*MAKE, target, f"SUITE={suite}"], capture_output=True, text=True, timeout=1800)
+            if cp.returncode != 0:
+                raise RuntimeError(f"make {target} SUITE={suite} failed:\n{cp.stdout[-3000:]}\n{cp.stderr[-3000:]}")
+        versions = {key: subprocess.run([*MAKE, "-s", "version", f"SUITE={suite}"], capture_output=True, text=True,
+                                        check=True, env={**os.environ, "NODEMEDIC_REV": rev}).stdout.strip()
+                    for key, rev in REVS.items()}  # fmt: skip
+        logs = {k: dist / f"build-{k}.log" for k in versions}
+        procs = {}
+        for key, rev in REVS.items():
+            with open(logs[key], "wb") as log:
+                procs[key] = subprocess.Popen([*MAKE, "deb", f"SUITE={suite}", f"DIST={dist}/{key}"], stdout=log,
+                                              stderr=subprocess.STDOUT, env={**os.environ, "NODEMEDIC_REV": rev})
+        for key, proc in procs.items():
+            if proc.wait(timeout=1200) != 0:
+                tail = logs[key].read_text(errors="replace")[-5000:]
+                raise RuntimeError(f"make deb SUITE={suite} NODEMEDIC_REV={REVS[key]} failed:\n{tail}")
+        result = {}
+        for key, version in versions.items():
+            built = dist / key / f"nodemedic_{version}_amd64.deb"
+            assert built.is_file(), built
+            result[key] = dist / built.name
+            built.rename(result[key])
+        return result
 
 
 @pytest.fixture(scope="session")
-def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """{"v1": first .deb, "v2": the same tree rebuilt at a higher version}, built with `make deb`."""
-    missing = [t for t in ("make", "dpkg-buildpackage", "dh", "dpkg-parsechangelog", "lintian") if not shutil.which(t)]
+def deb_builds(tmp_path_factory: pytest.TempPathFactory) -> DebBuilds:
+    missing = [t for t in ("make", "dpkg-parsechangelog", "debootstrap", "systemd-nspawn") if not shutil.which(t)]
     if missing:
-        raise RuntimeError(f"building the .deb needs {missing}: apt-get install build-essential debhelper "
-                           "dpkg-dev lintian python3-venv python3-setuptools python3-wheel")
-    out = tmp_path_factory.mktemp("deb")
-    v1 = _changelog_version()
-    versions = {"v1": v1, "v2": f"{v1}+nmtest1"}
-    make = ["make", "--no-print-directory", "-C", str(REPO)]
-    # Wheels first (downloaded once into dist/wheels), then both builds side by side.
-    wheels = subprocess.run([*make, "wheels"], capture_output=True, text=True, timeout=600)
-    if wheels.returncode != 0:
-        raise RuntimeError(f"make wheels (PyPI, once, into dist/wheels) failed:\n{wheels.stdout}\n{wheels.stderr}")
-    logs = {k: out / f"build-{k}.log" for k in versions}
-    procs = {}
-    for key, version in versions.items():
-        with open(logs[key], "wb") as log:
-            procs[key] = subprocess.Popen([*make, "deb", f"DIST={out}"], stdout=log, stderr=subprocess.STDOUT,
-                                          env={**os.environ, "NODEMEDIC_VERSION": version})  # fmt: skip
-    for key, proc in procs.items():
-        if proc.wait(timeout=900) != 0:
-            tail = logs[key].read_text(errors="replace")[-5000:]
-            raise RuntimeError(f"make deb NODEMEDIC_VERSION={versions[key]} failed:\n{tail}")
-    result = {key: out / f"nodemedic_{version}_amd64.deb" for key, version in versions.items()}
-    for deb in result.values():
-        assert deb.is_file(), deb
-    return result
+        raise RuntimeError(f"building the .deb needs {missing}: apt-get install make dpkg-dev debootstrap "
+                           "systemd-container")
+    return DebBuilds(tmp_path_factory.mktemp("deb"))
+
+
+@pytest.fixture(scope="module")
+def debs(deb_builds: DebBuilds, stack: Stack) -> dict[str, Path]:
+    return deb_builds(stack.suite)
 
 
 def deb_paths(deb: Path) -> set[str]:
@@ -145,17 +177,28 @@ def catalog_ids(node: Node) -> set[str]:
 # ---- lintian -------------------------------------------------------------------------------------
 
 
-def test_lintian_reports_no_error_and_no_warning(debs: dict[str, Path]) -> None:
-    cp = subprocess.run(["lintian", "--fail-on", "error,warning", "--display-info", str(debs["v1"])],
-                        capture_output=True, text=True, timeout=900)  # fmt: skip
+def test_lintian_of_the_suite_reports_no_error_and_no_warning(debs: dict[str, Path], deb_builds: DebBuilds,
+                                                              stack: Stack) -> None:
+    version = debs["v1"].name.split("_")[1]
+    cp = subprocess.run([*MAKE, "lintian", f"SUITE={stack.suite}", f"DIST={deb_builds.dist(stack.suite)}",
+                         f"NODEMEDIC_VERSION={version}"], capture_output=True, text=True, timeout=900)  # fmt: skip
     tags = [line for line in cp.stdout.splitlines() if re.match(r"^[EW]: ", line)]
     assert cp.returncode == 0 and not tags, f"lintian (exit {cp.returncode}):\n{cp.stdout}\n{cp.stderr}"
+
+
+def test_package_depends_on_the_suites_python(debs: dict[str, Path], stack: Stack) -> None:
+    depends = subprocess.run(["dpkg-deb", "-f", str(debs["v1"]), "Depends"], capture_output=True, text=True,
+                             check=True).stdout  # fmt: skip
+    major, minor = stack.python.split(".")
+    assert f"python3 (>= {stack.python}), python3 (<< {major}.{int(minor) + 1})" in depends, depends
+    number = {"bookworm": 12, "trixie": 13, "forky": 14}[stack.suite]
+    assert debs["v1"].name.split("_")[1].endswith(f"~deb{number}u1"), debs["v1"].name
 
 
 # ---- the lifecycle -------------------------------------------------------------------------------
 
 
-def test_install_enables_and_starts_the_service(pkg_node: Node) -> None:
+def test_install_enables_and_starts_the_service(pkg_node: Node, stack: Stack) -> None:
     node = pkg_node
     log = apt(node, "install", "--no-install-recommends", str(SEEN["remote-v1"]))
     assert "nodemedic" in log
@@ -165,7 +208,8 @@ def test_install_enables_and_starts_the_service(pkg_node: Node) -> None:
     node.wait_for(lambda: "signatures" in status_text(node), timeout=30, what="a STATUS= line")
     status = node.run(["systemctl", "status", "--no-pager", "nodemedic"], check=False).stdout
     assert re.search(r"^\s*Status: \"watching .*signatures", status, flags=re.M), status
-    assert "/lib/systemd/system/nodemedic.service; enabled" in status
+    unit_dir = "/lib/systemd/system" if stack.suite == "bookworm" else "/usr/lib/systemd/system"
+    assert re.search(rf"[ (]{unit_dir}/nodemedic\.service; enabled", status), status
     # The command, the configuration, the D-Bus API and its policy, all from the package.
     assert node.run(["nodemedic", "--version"]).stdout.strip().startswith("nodemedic ")
     assert "configuration valid" in node.run(["nodemedic", "check-config"]).stdout
@@ -227,6 +271,28 @@ def test_daemon_works_inside_its_sandbox(pkg_node: Node) -> None:
     node.wait_for(lambda: node.cri_status().network_ready, timeout=60, what="NetworkReady with the real config")
 
 
+def test_doctor_and_status_name_containerd_its_config_version_and_deprecations(pkg_node: Node,
+                                                                              stack: Stack) -> None:
+    node = pkg_node
+    data = json.loads(node.run(["nodemedic", "doctor", "--json"], check=False).stdout)
+    ctd = data["containerd"]
+    installed = node.run(["dpkg-query", "-W", "-f=${Version}", "containerd"]).stdout
+    assert installed.startswith(stack.expect["containerd"]), installed
+    # CRI Version answers with the upstream version ("1.7.24~ds1", "2.1.9+unknown", "v2.1.9").
+    assert ctd["version"].lstrip("v").startswith(stack.expect["containerd"]), ctd
+    assert ctd["config_version"] == 2, ctd  # Debian's packages ship a version 2 config.toml
+    if stack.expect["containerd"].startswith("2."):
+        assert ctd["deprecations"] is not None, ctd  # the condition exists from containerd 2.0
+        assert ctd["cgroup_driver"] in ("systemd", "cgroupfs"), ctd  # RuntimeConfig from 2.0
+        assert "migrates this version 2 file" in ctd["config_note"], ctd
+    else:
+        assert ctd["cgroup_driver"] is None, ctd
+    SEEN[f"doctor-{stack.name}"] = ctd
+    status = node.run(["nodemedic", "status"], check=False).stdout
+    assert re.search(rf"^containerd: v?{re.escape(stack.expect['containerd'])}\S*, /etc/containerd/config.toml "
+                     r"config version 2$", status, flags=re.M), status
+
+
 def test_reload_after_a_drop_in_changes_behaviour(pkg_node: Node) -> None:
     node = pkg_node
     assert "observe mode" not in status_text(node)
@@ -251,7 +317,7 @@ def test_upgrade_keeps_the_edited_conffile_and_restarts(pkg_node: Node) -> None:
     pid = main_pid(node)
     apt(node, "install", "--no-install-recommends", str(SEEN["remote-v2"]))
     version = node.run(["dpkg-query", "-W", "-f=${Version}", "nodemedic"]).stdout
-    assert version.endswith("+nmtest1"), version
+    assert version == SEEN["remote-v2"].split("_")[1], version  # type: ignore[union-attr]
     assert node.read_file(CONFFILE).decode() == edited
     assert not node.run(["find", "/etc/nodemedic", "-name", "*.dpkg-*"]).stdout.strip()
     node.wait_for(lambda: node.run(["systemctl", "is-active", "nodemedic"], check=False).stdout.strip() == "active",
