@@ -162,6 +162,7 @@ def _containerd_root(ctx: RepairContext) -> Finding:
     return Finding("containerd root", True, f"{configured}: root:root {mode:04o}")
 
 
+# containerd's default; the configured one (images plugin, per config version) is read first.
 SNAPSHOTTER = "io.containerd.snapshotter.v1.overlayfs"
 
 
@@ -169,7 +170,12 @@ def _snapshot_links(ctx: RepairContext) -> Finding:
     """Links in the snapshotter's tree whose target is gone: a root moved by a symlink (or by hand)
     leaves the snapshotter dir, its snapshots dir or single snapshots pointing at the old place,
     and every container using them fails to mount ("parent snapshot ... does not exist")."""
-    base = ctx.node_path(ctx.settings.paths.containerd_root) / SNAPSHOTTER
+    try:
+        config = containerd_config.load(ctx.node_path(ctx.settings.paths.containerd_config))
+        snapshotter = f"io.containerd.snapshotter.v1.{config.snapshotter}"
+    except containerd_config.ContainerdConfigError:
+        snapshotter = SNAPSHOTTER
+    base = ctx.node_path(ctx.settings.paths.containerd_root) / snapshotter
     candidates = [base, base / "snapshots"]
     try:
         candidates += sorted((base / "snapshots").iterdir())

@@ -125,3 +125,15 @@ def test_imagefs_takes_the_configured_snapshotters_entry(tmp_path: Path) -> None
                                                  ("1.6.20~ds1", (1, 6)), ("1.7.24~ds1-6", (1, 7)), ("", None)])
 def test_release(text: str, expected: tuple[int, int] | None) -> None:
     assert release(text) == expected
+
+
+def test_snapshot_links_are_checked_in_the_configured_snapshotter(tmp_path: Path, capsys) -> None:
+    # config version 3 names the snapshotter under the images plugin: a dangling link in the
+    # native snapshotter's tree is found there, not in overlayfs'.
+    text = (CONFIGS / "default-2.1.9.toml").read_text().replace("snapshotter = 'overlayfs'", "snapshotter = 'native'")
+    write(tmp_path, "/etc/containerd/config.toml", text)
+    snapshots = tmp_path / "var/lib/containerd/io.containerd.snapshotter.v1.native/snapshots"
+    snapshots.mkdir(parents=True)
+    (snapshots / "7").symlink_to("/gone/7")
+    found = checks(doctor(capsys, tmp_path))["containerd snapshots"]
+    assert not found["ok"] and "io.containerd.snapshotter.v1.native/snapshots/7 -> /gone/7" in found["detail"]
