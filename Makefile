@@ -84,12 +84,13 @@ deb: check-suite wheels
 	cp -a packaging/debian $(SRC)/debian
 	cp -a $(WHEELS) $(SRC)/wheels
 	# The build copy's changelog names this build's version and suite (debian/rules reads the
-	# suite from it to choose the unit variant).
+	# suite from it to choose the unit variant). Its date is the release entry's plus a few
+	# minutes (later, as lintian wants, and the same for every build of one version).
 	if [ "$(NODEMEDIC_VERSION)" != "$(CHANGELOG_VERSION)" ]; then \
 		{ printf 'nodemedic (%s) %s; urgency=medium\n\n  * Build of %s for Debian %s (%s).\n\n -- %s  %s\n\n' \
 			"$(NODEMEDIC_VERSION)" "$(SUITE)" "$(CHANGELOG_VERSION)" "$(DEBIAN_RELEASE)" "$(SUITE)" \
 			"$$(dpkg-parsechangelog -l packaging/debian/changelog -S Maintainer)" \
-			"$$(dpkg-parsechangelog -l packaging/debian/changelog -S Date)"; \
+			"$$(date -u -R -d @$$(( $$(dpkg-parsechangelog -l packaging/debian/changelog -S Timestamp) + $(DEBIAN_RELEASE) * 60 + $(NODEMEDIC_REV) )))"; \
 		  cat packaging/debian/changelog; } > $(SRC)/debian/changelog; \
 	fi
 	BUILDROOT_BIND=$(abspath $(BUILD)):/build BUILDROOT_CHDIR=/build/nodemedic-$(NODEMEDIC_VERSION) \
