@@ -466,3 +466,8 @@ def test_rules_choose_unit_dir_and_variant_by_suite() -> None:
     assert "SUITE := $(shell dpkg-parsechangelog -S Distribution)" in rules
     assert "UNITDIR := $(if $(filter bookworm,$(SUITE)),lib,usr/lib)/systemd/system" in rules
     assert "SITE := $(DEST)/lib/python$(PYVER)/site-packages" in rules
+    # systemd >= 253 (trixie, forky): the Type=notify-reload drop-in, and the dependency to match
+    assert "NOTIFY_RELOAD := units/nodemedic-notify-reload.conf" in rules
+    assert "ifneq ($(filter trixie forky sid unstable,$(SUITE)),)" in rules
+    assert "$(PKGDIR)/$(UNITDIR)/nodemedic.service.d/notify-reload.conf" in rules
+    assert "SYSTEMD_MIN := $(if $(DROP_IN),253,252)" in rules
