@@ -264,15 +264,13 @@ def test_version_agrees_between_pyproject_and_changelog() -> None:
 
 
 # Installed only where systemd knows Type=notify-reload (>= 253: Debian 13 and later), as
-# /usr/lib/systemd/system/nodemedic.service.d/notify-reload.conf; the per-suite packaging wires it.
+# /usr/lib/systemd/system/nodemedic.service.d/notify-reload.conf (debian/rules, by suite).
 NOTIFY_RELOAD_DROPIN = "nodemedic-notify-reload.conf"
 
 
 def test_rules_installs_every_file_in_units() -> None:
     rules = (DEBIAN / "rules").read_text()
     for unit in sorted(UNITS.iterdir()):
-        if unit.name == NOTIFY_RELOAD_DROPIN:
-            continue
         assert f"units/{unit.name}" in rules, f"debian/rules does not install units/{unit.name}"
 
 
