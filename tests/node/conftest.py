@@ -38,6 +38,7 @@ from tests.node.testbed.node import Node, boot_node  # noqa: E402
 from tests.node.testbed.stacks import Stack  # noqa: E402
 
 STACKS_ENV = "NODEMEDIC_TESTBED_STACKS"
+HOST_KERNEL_ENV = "NODEMEDIC_TESTBED_HOST_KERNEL"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -78,6 +79,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "node" in getattr(item, "fixturenames", ()) and HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.node)
+    # A test that must change the host kernel's own settings (nodes share its kernel, and some
+    # sysctls are global) never runs on a shared machine: CI and developers' machines forbid it.
+    # It is deselected, reported as such and never counted as passed; a dedicated VM opts in.
+    if os.environ.get(HOST_KERNEL_ENV) != "1":
+        host_kernel = [item for item in items if item.get_closest_marker("host_kernel")]
+        if host_kernel:
+            config.hook.pytest_deselected(items=host_kernel)
+            items[:] = [item for item in items if not item.get_closest_marker("host_kernel")]
     wanted = {s.strip() for s in os.environ.get(STACKS_ENV, "").split(",") if s.strip()}
     for name in wanted:
         stacks.get(name)

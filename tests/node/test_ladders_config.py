@@ -101,15 +101,23 @@ def test_stale_ingests_go_and_one_being_written_stays(medic: Node, inject):
 
 # ---- inotify-limits -------------------------------------------------------------------------------
 
-# The node shares the host's kernel: fs.inotify.* are the host's own, global settings (not per
-# user namespace). The test lowers max_user_instances for about a second, just long enough for
-# containerd to start and fail for real, then leaves it low but usable, and restores the
-# original value whatever happens.
+# The node shares the host's kernel: fs.inotify.* are the host's own, global settings (the node
+# shares the host's user namespace). The test lowers max_user_instances for about a second, just
+# long enough for containerd to start and fail for real, and the ladder under test then raises it
+# to 8192/524288; the original value is restored whatever happens. That is a change to the host's
+# kernel settings, which a shared machine (CI, developers' machines) forbids: while it runs, every
+# root process on the host is short of inotify instances. So the test is marked `host_kernel`
+# and runs only on a dedicated VM with NODEMEDIC_TESTBED_HOST_KERNEL=1 (tests/node/README.md);
+# elsewhere it is deselected, never skipped-as-passed. What still runs everywhere: the ladder's
+# unit tests and doctor's inotify check (tests/node/test_operator.py, on a value bound inside the
+# node). Making the fault real without the host would need containerd in a child user namespace
+# with its own max_inotify_instances (/proc/sys/user), a different code path from production.
 INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
 WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
 SYSCTL_FILE = "/etc/sysctl.d/90-nodemedic-inotify.conf"
 
 
+@pytest.mark.host_kernel
 def test_exhausted_inotify_instances_are_raised_and_containerd_restarted(medic: Node):
     before = media_checksums(medic)
     original = INSTANCES.read_text()

@@ -138,16 +138,20 @@ def test_doctor_says_healthy_on_a_clean_node_and_names_a_broken_one(medic: Node)
     bridge = {"type": "bridge", "bridge": "nmtest0", "ipam": {"type": "host-local", "subnet": "10.244.0.0/16"}}
     real = {"cniVersion": "1.0.0", "name": "nmtest", "plugins": [bridge]}
     medic.write_file(f"{CNI_DIR}/10-nmtest.conflist", json.dumps(real))
-    # inotify limits are the host kernel's (nodes share it, and /proc/sys is read-only inside
-    # the node): raise them from the host for the check, then restore the host's value
-    original = INOTIFY_INSTANCES.read_text()
-    INOTIFY_INSTANCES.write_text("8192\n")
+    # inotify limits are the host kernel's own, global settings (nodes share its kernel), which
+    # the host's tests must never change: doctor only reads the value, so a file holding a
+    # node-sized value is bound over the path inside the node alone, as kube_node does for
+    # kubelet's tunables.
+    holder = "/run/nodemedic-test-max_user_instances"
+    medic.write_file(holder, "8192\n")
+    medic.run(["mount", "--bind", holder, str(INOTIFY_INSTANCES)])
     try:
         clean = cli(medic, "doctor", "--json")
         report = json.loads(clean.stdout)
         assert clean.returncode == 0 and report["healthy"], [f for f in report["findings"] if not f["ok"]]
     finally:
-        INOTIFY_INSTANCES.write_text(original)
+        medic.run(["umount", str(INOTIFY_INSTANCES)])
+        medic.run(["rm", "-f", holder])
     medic.systemctl("stop", "nodemedic")  # doctor needs no daemon, and nodemedic would heal the fault
     medic.systemctl("stop", "containerd")
     try:
