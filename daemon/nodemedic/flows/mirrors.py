@@ -44,7 +44,7 @@ from nodemedic.flows.pause import daemon_paused
 from nodemedic.flows.report import FlowReport
 from nodemedic.flows.services import CONTAINERD
 from nodemedic.flows.systemd import FlowBus
-from nodemedic.flows.transaction import Transaction
+from nodemedic.flows.transaction import Transaction, failure_reason
 from nodemedic.hostroot import HostRoot
 from nodemedic.probes.cri import CriError
 from nodemedic.repairs.remedy_probes import wait_until
@@ -395,13 +395,7 @@ class Migrate:
         atomic_write(self.guard, self.plan.config, self.plan.old_text.encode(), mode=self.plan.mode)
 
     async def _roll_back(self, err: BaseException, cri: ImageCri) -> int:
-        if isinstance(err, asyncio.CancelledError):
-            reason = "interrupted"
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()  # the rollback's own waits must not count as cancelled
-        else:
-            reason = str(err) or type(err).__name__
+        reason = failure_reason(err)
         self.report.say(f"failed: {reason}; rolling back")
         failed = await self.tx.rollback()
         if failed:

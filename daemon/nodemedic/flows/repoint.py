@@ -38,7 +38,7 @@ from nodemedic.flows.repoint_checks import (
 from nodemedic.flows.report import FlowReport
 from nodemedic.flows.services import CONTAINERD, KUBELET, start, stop, warm_imagefs
 from nodemedic.flows.systemd import FlowBus
-from nodemedic.flows.transaction import Transaction
+from nodemedic.flows.transaction import Transaction, failure_reason
 from nodemedic.hostroot import HostRoot
 from nodemedic.probes.cri import CriClient, CriError
 from nodemedic.probes.fs import read_mountinfo
@@ -269,13 +269,7 @@ class Repoint:
         fn(*args)
 
     async def _roll_back(self, err: Exception) -> int:
-        if isinstance(err, asyncio.CancelledError):
-            reason = "interrupted"
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()  # the rollback's own waits must not count as cancelled
-        else:
-            reason = str(err) or type(err).__name__
+        reason = failure_reason(err)
         self.report.say(f"failed: {reason}; rolling back")
         failed = await self.tx.rollback()
         if failed:

@@ -7,6 +7,7 @@ done is reported for the operator.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -46,3 +47,14 @@ class Transaction:
                 failed.append(f"could not undo '{done.what}': {err or type(err).__name__}")
                 self._report(failed[-1])
         return failed
+
+
+def failure_reason(err: BaseException) -> str:
+    """What a flow's rollback reports as the cause. An interrupted flow (CancelledError) is
+    uncancelled first: the rollback's own waits must not count as cancelled."""
+    if isinstance(err, asyncio.CancelledError):
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return "interrupted"
+    return str(err) or type(err).__name__

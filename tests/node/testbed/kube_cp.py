@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from . import kube
-from .node import WORK_DIR, Node, _alive, wait_for
+from .node import WORK_DIR, Node, owner_alive, wait_for
 
 _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNET = 0x40000000
@@ -398,11 +398,7 @@ def reap_stale() -> None:
     if not CP_DIR.is_dir():
         return
     for wd in CP_DIR.iterdir():
-        try:
-            owner = int((wd / "owner.pid").read_text())
-        except (OSError, ValueError):
-            owner = 0
-        if owner and _alive(owner):
+        if owner_alive(wd):
             continue
         _log(f"removing leftover control plane {wd.name}")
         if (Path("/run/netns") / wd.name).exists():

@@ -701,11 +701,7 @@ def reap_stale_nodes() -> None:
     for wd in NODES_DIR.iterdir():
         if not (wd / "owner.pid").exists() and not (wd / "nspawn.pid").exists():
             continue
-        try:
-            owner = int((wd / "owner.pid").read_text())
-        except (OSError, ValueError):
-            owner = 0
-        if owner and _alive(owner):
+        if owner_alive(wd):
             continue
         with contextlib.suppress(OSError, ValueError):
             nspawn = int((wd / "nspawn.pid").read_text())
@@ -717,6 +713,15 @@ def reap_stale_nodes() -> None:
         _remove_cgroups(_cgroup_dirs(wd.name))
         with contextlib.suppress(OSError, NodeError):
             _remove_node_dir(wd)
+
+
+def owner_alive(workdir: Path) -> bool:
+    """Whether the test process that wrote `workdir`/owner.pid still runs (its dir is in use)."""
+    try:
+        owner = int((workdir / "owner.pid").read_text())
+    except (OSError, ValueError):
+        return False
+    return owner > 0 and _alive(owner)
 
 
 def _alive(pid: int) -> bool:
