@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +45,7 @@ REPO = Path(__file__).resolve().parents[2]
 SIGNATURES = {s.id: s for s in load_catalogue(HostRoot(REPO / "tests" / "no-such-root")).signatures}
 # kubelet 1.20's klog header: severity, date, time, thread id, file:line]
 KLOG = r"^[IWEF]\d{4} [\d:.]+\s+\d+ [\w.-]+:\d+\] "
-SNAPSHOTTER = f"{faults.CONTAINERD_ROOT}/io.containerd.snapshotter.v1.overlayfs"
+SNAPSHOTTER = faults.SNAPSHOTTER
 
 
 def capture(node: Node, fault: str, signature: str, message: str) -> bool:
@@ -73,26 +72,9 @@ def ready_again(kubelet: Kubelet) -> Iterator[Kubelet]:
     kubelet.wait_ready(timeout=120)
 
 
-def snapshotter_moved(node: Node) -> faults.Fault:
-    """containerd's overlayfs snapshotter directory renamed away while it runs: ImageFsInfo still
-    names it and kubelet's stats provider cannot size it (as in test_ladders_imagefs.py)."""
-    aside = f"{faults.BACKUP_DIR}/overlayfs-{secrets.token_hex(3)}"
-    node.run(["mkdir", "-p", faults.BACKUP_DIR])
-    node.run(["mv", "--", SNAPSHOTTER, aside])
-
-    def restore() -> None:
-        node.systemctl("stop", "containerd.service")
-        try:
-            node.run(["rm", "-rf", "--", SNAPSHOTTER])
-            node.run(["mv", "--", aside, SNAPSHOTTER])
-        finally:
-            node.systemctl("start", "containerd.service")
-
-    return faults.Fault("snapshotter-moved", restore, {"aside": aside})
-
 
 def test_imagefs_info_unavailable(node: Node, ready_again: Kubelet, inject, cursor: str) -> None:
-    inject(snapshotter_moved)
+    inject(faults.snapshotter_moved)
     line = kubelet_line(node, "Failed to get the info of the filesystem with mountpoint", cursor, timeout=90)
     assert SNAPSHOTTER in line, line
     assert capture(node, "overlayfs snapshotter dir moved away", "kubelet-imagefs-info-unavailable", line), line

@@ -7,8 +7,6 @@ filesystem" lines when it cannot; nodemedic's verdict is ImageFsInfo + statvfs i
 
 from __future__ import annotations
 
-import secrets
-
 import pytest
 
 from nodemedic.report.journal import Kind
@@ -28,7 +26,7 @@ from tests.node.testbed.node import Node
 pytestmark = [pytest.mark.node, pytest.mark.stacks("trixie", "bookworm", "trixie-containerd2")]
 
 ROOT = faults.CONTAINERD_ROOT
-SNAPSHOTTER = f"{ROOT}/io.containerd.snapshotter.v1.overlayfs"
+SNAPSHOTTER = faults.SNAPSHOTTER
 PROBLEM = "imagefs-capacity-zero"
 
 
@@ -42,31 +40,12 @@ def capacities(node: Node) -> list[int | None]:
     return [fs.get("capacity_bytes") for fs in node.imagefs_capacity()]
 
 
-def snapshotter_moved(node: Node) -> faults.Fault:
-    """The overlayfs snapshotter's directory renamed away while containerd runs (a cleanup script,
-    a half-done move to another disk): ImageFsInfo still names it, stat of it fails. containerd
-    only creates it at start. Restore: containerd stopped, its fresh (empty) one dropped, the
-    original renamed back."""
-    aside = f"{faults.BACKUP_DIR}/overlayfs-{secrets.token_hex(3)}"
-    node.run(["mkdir", "-p", faults.BACKUP_DIR])
-    node.run(["mv", "--", SNAPSHOTTER, aside])
-
-    def restore() -> None:
-        node.systemctl("stop", "containerd.service")
-        try:
-            node.run(["rm", "-rf", "--", SNAPSHOTTER])
-            node.run(["mv", "--", aside, SNAPSHOTTER])
-        finally:
-            node.systemctl("start", "containerd.service")
-
-    return faults.Fault("snapshotter-moved", restore, {"aside": aside})
-
 
 def test_a_vanished_image_filesystem_is_healed_by_restarting_containerd(medic: Node, fast_kubelet, inject):
     before = media_checksums(medic)
     assert all(c for c in capacities(medic))
     cursor = medic.cursor()
-    inject(snapshotter_moved)
+    inject(faults.snapshotter_moved)
     # kubelet's image GC (every 2 s here) fails twice in a row: the signature's threshold.
     medic.wait_for_journal("Image garbage collection failed multiple times in a row", unit="kubelet.service",
                            since=cursor, timeout=30)

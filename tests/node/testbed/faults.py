@@ -31,6 +31,7 @@ CNI_SUBNET = "10.244.0.0/16"
 CONTAINERD_ROOT = "/var/lib/containerd"
 CONTENT_ROOT = f"{CONTAINERD_ROOT}/io.containerd.content.v1.content"
 INGEST_DIR = f"{CONTENT_ROOT}/ingest"
+SNAPSHOTTER = f"{CONTAINERD_ROOT}/io.containerd.snapshotter.v1.overlayfs"
 INTROSPECTION_UUID = "io.containerd.grpc.v1.introspection/uuid"
 BACKUP_DIR = "/var/lib/nmtest"  # where injectors park what they move aside, inside the node
 
@@ -168,6 +169,27 @@ def _go_time(t: dt.datetime) -> str:
     t = t.astimezone(dt.UTC)
     frac = f"{t.microsecond:06d}000".rstrip("0")
     return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac}" if frac else "") + "Z"
+
+
+
+def snapshotter_moved(node: Node) -> Fault:
+    """The overlayfs snapshotter's directory renamed away while containerd runs (a cleanup script,
+    a half-done move to another disk): ImageFsInfo still names it, stat of it fails, and kubelet's
+    stats provider cannot size it. containerd only creates it at start. Restore: containerd
+    stopped, its fresh (empty) one dropped, the original renamed back."""
+    aside = f"{BACKUP_DIR}/overlayfs-{secrets.token_hex(3)}"
+    node.run(["mkdir", "-p", BACKUP_DIR])
+    node.run(["mv", "--", SNAPSHOTTER, aside])
+
+    def restore() -> None:
+        node.systemctl("stop", "containerd.service")
+        try:
+            node.run(["rm", "-rf", "--", SNAPSHOTTER])
+            node.run(["mv", "--", aside, SNAPSHOTTER])
+        finally:
+            node.systemctl("start", "containerd.service")
+
+    return Fault("snapshotter-moved", restore, {"aside": aside})
 
 
 def stale_ingest(
