@@ -32,7 +32,7 @@ from nodemedic.detector.detector import Detector  # noqa: E402
 from nodemedic.detector.matcher import Matcher  # noqa: E402
 from nodemedic.detector.signatures import load_catalogue  # noqa: E402
 from nodemedic.hostroot import HostRoot  # noqa: E402
-from nodemedic.repairs.safety import Guard  # noqa: E402
+from nodemedic.safety import Guard  # noqa: E402
 from nodemedic.sources.events import JournalLine  # noqa: E402
 from nodemedic.sources.journal import JournalSource  # noqa: E402
 

@@ -21,24 +21,24 @@ from nodemedic.detector.detector import Detector, Suspicion
 from nodemedic.detector.matcher import Matcher
 from nodemedic.doctor import plan_for
 from nodemedic.engine.engine import Engine
-from nodemedic.engine.state import ACTIVE, Phase, StateStore
 from nodemedic.hostroot import HostRoot
 from nodemedic.probes.cri import CriClient
 from nodemedic.repairs import cni
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.ingest import INGEST
 from nodemedic.repairs.remedies import CONFIRMS, CONTAINERD, REMEDIES
-from nodemedic.repairs.safety import Guard, UnsafeOperation
 from nodemedic.report.dbus_api import ApiServer, RefusedError
 from nodemedic.report.journal import ERR, INFO, NOTICE, WARNING, Kind, log
 from nodemedic.report.metrics import Metrics
 from nodemedic.report.notify import notify, watchdog_interval
 from nodemedic.runconfig import Loaded, load
+from nodemedic.safety import Guard, UnsafeOperation
 from nodemedic.sources.events import Event, JournalLine, PathChanged, SourceTrouble, UnitChanged
 from nodemedic.sources.journal import JournalSource
 from nodemedic.sources.paths import PathSource
 from nodemedic.sources.systemd_bus import SystemdBus
 from nodemedic.sources.units import UnitSource
+from nodemedic.state import ACTIVE, Phase, StateStore
 
 QUEUE_LIMIT = 4096  # the journal source waits when the detector falls behind, it never drops
 # sysexits.h EX_CONFIG: the unit's RestartPreventExitStatus=78 leaves a daemon that cannot start

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from nodemedic.config import Settings
 from nodemedic.engine.policy import Gate
-from nodemedic.engine.state import EngineState, ProblemRecord
 from nodemedic.flows.mirrors_config import doctor_report
 from nodemedic.hostroot import HostRoot
 from nodemedic.probes import containerd_config, containerd_info
@@ -22,8 +21,9 @@ from nodemedic.probes.cri import CriClient, CriError
 from nodemedic.repairs import cgroup, cni, imagefs, ingest, sysctl
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedies import REMEDIES
-from nodemedic.repairs.safety import Guard
+from nodemedic.safety import Guard
 from nodemedic.sources.systemd_bus import BusError, SystemdBus
+from nodemedic.state import EngineState, ProblemRecord
 
 
 @dataclass

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from nodemedic.config import load_config
-from nodemedic.engine.state import EngineState
 from nodemedic.hostroot import HostRoot
 from nodemedic.probes.containerd_info import release
 from nodemedic.probes.cri import CriClient
 from nodemedic.repairs import imagefs
 from nodemedic.repairs.context import RepairContext
-from nodemedic.repairs.safety import Guard
+from nodemedic.safety import Guard
 from nodemedic.sources.systemd_bus import SystemdBus
+from nodemedic.state import EngineState
 from tests.unit.cri_standin import Answers, CriStandin
 from tests.unit.helpers import run_cli, write
 

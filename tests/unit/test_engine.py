@@ -13,11 +13,11 @@ import pytest
 from nodemedic.config import load_config
 from nodemedic.detector.detector import Suspicion
 from nodemedic.engine.engine import Engine
-from nodemedic.engine.state import EngineState, Phase, StateStore
 from nodemedic.hostroot import HostRoot
 from nodemedic.repairs.context import RepairContext
-from nodemedic.repairs.safety import Guard
 from nodemedic.repairs.step import Remedy, StepClass
+from nodemedic.safety import Guard
+from nodemedic.state import EngineState, Phase, StateStore
 from tests.unit.helpers import write
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from nodemedic.config import load_config
-from nodemedic.engine.state import EngineState
 from nodemedic.flows import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, join_cleanup, join_preflight
 from nodemedic.flows import report as report_module
 from nodemedic.flows.join import Join
@@ -25,8 +24,9 @@ from nodemedic.flows.masking import Masker
 from nodemedic.flows.report import FlowReport
 from nodemedic.hostroot import HostRoot
 from nodemedic.repairs.context import RepairContext
-from nodemedic.repairs.safety import Guard
 from nodemedic.report.journal import Kind
+from nodemedic.safety import Guard
+from nodemedic.state import EngineState
 from tests.unit.helpers import write
 
 # A STAND-IN for kubeadm (test double); {python}, {fails}, {state_dir} and {files_root} are filled in

@@ -19,7 +19,7 @@ from nodemedic.flows.repoint_checks import (
     is_conversion,
 )
 from nodemedic.probes.fs import MountInfo, read_mountinfo
-from nodemedic.repairs.safety import Guard
+from nodemedic.safety import Guard
 
 ALLOWED = ("ext4", "xfs", "btrfs")
 # Another filesystem than tmp_path's, so that "on other storage" can be met without a loop device.

@@ -11,11 +11,11 @@ import asyncio
 from pathlib import Path
 
 from nodemedic.config import load_config
-from nodemedic.engine.state import EngineState
 from nodemedic.hostroot import HostRoot
 from nodemedic.repairs.context import RepairContext
-from nodemedic.repairs.safety import Guard
 from nodemedic.repairs.sysctl import SYSCTL_FILE, RaiseInotifyLimits
+from nodemedic.safety import Guard
+from nodemedic.state import EngineState
 from tests.unit.helpers import write
 
 

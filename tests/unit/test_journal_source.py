@@ -10,7 +10,7 @@ from bench.journalgen import Entry, write_journal
 from nodemedic.detector.matcher import Matcher
 from nodemedic.detector.signatures import load_catalogue
 from nodemedic.hostroot import HostRoot
-from nodemedic.repairs.safety import Guard
+from nodemedic.safety import Guard
 from nodemedic.sources.events import JournalLine
 from nodemedic.sources.journal import JournalSource
 

@@ -1,8 +1,8 @@
 from prometheus_client.parser import text_string_to_metric_families
 
-from nodemedic.engine.state import Phase, ProblemRecord
-from nodemedic.repairs.safety import Guard
 from nodemedic.report.metrics import Metrics
+from nodemedic.safety import Guard
+from nodemedic.state import Phase, ProblemRecord
 
 
 def samples(path):

@@ -17,7 +17,7 @@ from nodemedic.hostroot import HostRoot
 from nodemedic.probes.cri import CriUnavailable, PodSandbox
 from nodemedic.repairs import network
 from nodemedic.repairs.commands import Completed
-from nodemedic.repairs.safety import Guard
+from nodemedic.safety import Guard
 from tests.unit.helpers import write
 
 SUBNET_ENV = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"

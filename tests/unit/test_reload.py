@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from nodemedic.hostroot import HostRoot
-from nodemedic.repairs.safety import Guard, UnsafeOperation, remove_file
+from nodemedic.safety import Guard, UnsafeOperation, remove_file
 from tests.unit.helpers import run_cli, write
 
 

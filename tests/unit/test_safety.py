@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nodemedic.repairs.safety import Guard, UnsafeOperation, atomic_write, remove_file, remove_tree
+from nodemedic.safety import Guard, UnsafeOperation, atomic_write, remove_file, remove_tree
 
 NAMES = st.text(alphabet="abcxyz", min_size=1, max_size=4)
 # A tree: each entry is (relative dir path parts, name, kind) where kind is file, dir,

@@ -128,18 +128,18 @@ class Racer:
 
 
 def walk(plan: dict, racer: Racer) -> list[str]:
-    from nodemedic.repairs.safety import Guard, remove_tree
+    from nodemedic.safety import Guard, remove_tree
 
     return remove_tree(Guard.from_paths(plan["guard"]), plan["top"])
 
 
 def ingest(plan: dict, racer: Racer) -> list[str]:
     from nodemedic.config import load_config
-    from nodemedic.engine.state import EngineState
     from nodemedic.hostroot import HostRoot
     from nodemedic.repairs.context import RepairContext
     from nodemedic.repairs.ingest import RemoveStaleIngests
-    from nodemedic.repairs.safety import Guard
+    from nodemedic.safety import Guard
+    from nodemedic.state import EngineState
 
     root = HostRoot(plan["root"])
     guard = Guard.from_paths(plan["guard"])
@@ -148,20 +148,20 @@ def ingest(plan: dict, racer: Racer) -> list[str]:
 
 
 def remove_one(plan: dict, racer: Racer) -> list[str]:
-    from nodemedic.repairs.safety import Guard, remove_file
+    from nodemedic.safety import Guard, remove_file
 
     return [str(remove_file(Guard.from_paths(plan["guard"]), plan["top"]))]
 
 
 def write(plan: dict, racer: Racer) -> list[str]:
-    from nodemedic.repairs.safety import Guard, atomic_write
+    from nodemedic.safety import Guard, atomic_write
 
     atomic_write(Guard.from_paths(plan["guard"]), plan["top"], plan["data"].encode())
     return [plan["top"]]
 
 
 def make_dir(plan: dict, racer: Racer) -> list[str]:
-    from nodemedic.repairs.safety import Guard, ensure_dir
+    from nodemedic.safety import Guard, ensure_dir
 
     ensure_dir(Guard.from_paths(plan["guard"]), plan["top"])
     return [plan["top"]]

@@ -16,12 +16,12 @@ from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_fi
 
 from nodemedic.detector.detector import Suspicion
 from nodemedic.engine.policy import Gate
-from nodemedic.engine.state import Phase, ProblemRecord, StateStore
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedies import Probe
-from nodemedic.repairs.safety import UnsafeOperation
 from nodemedic.repairs.step import NoUndo, Remedy, Step
 from nodemedic.report.journal import ERR, INFO, NOTICE, WARNING, Kind, log
+from nodemedic.safety import UnsafeOperation
+from nodemedic.state import Phase, ProblemRecord, StateStore
 
 PERSISTENCE_HOLD = "state cannot be saved"
 

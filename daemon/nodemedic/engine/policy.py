@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from nodemedic.engine.state import ProblemRecord
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.step import Remedy, Step, StepClass
+from nodemedic.state import ProblemRecord
 
 
 class Gate:

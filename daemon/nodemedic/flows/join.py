@@ -24,7 +24,6 @@ from pathlib import Path
 from nodemedic.config import Settings
 from nodemedic.detector.matcher import Matcher
 from nodemedic.detector.signatures import KUBEADM, Signature, load_catalogue
-from nodemedic.engine.state import EngineState
 from nodemedic.flows import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, join_cleanup, join_preflight
 from nodemedic.flows.join_cleanup import Level, aggressive_refusal, choose_level
 from nodemedic.flows.pause import daemon_paused
@@ -35,8 +34,9 @@ from nodemedic.hostroot import HostRoot
 from nodemedic.probes.cri import CriClient
 from nodemedic.repairs.commands import child_environment
 from nodemedic.repairs.context import RepairContext
-from nodemedic.repairs.safety import Guard
 from nodemedic.report.journal import ERR, NOTICE, WARNING, Kind
+from nodemedic.safety import Guard
+from nodemedic.state import EngineState
 
 TAIL_LINES = 20
 LINE_LIMIT = 1 << 20

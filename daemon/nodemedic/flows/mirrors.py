@@ -48,8 +48,8 @@ from nodemedic.flows.transaction import Transaction, failure_reason
 from nodemedic.hostroot import HostRoot
 from nodemedic.probes.cri import CriError
 from nodemedic.repairs.remedy_probes import wait_until
-from nodemedic.repairs.safety import Guard, UnsafeOperation, atomic_write, ensure_dir, remove_file
 from nodemedic.report.journal import ERR, NOTICE, WARNING, Kind
+from nodemedic.safety import Guard, UnsafeOperation, atomic_write, ensure_dir, remove_file
 
 PULL_TIMEOUT = 300.0  # a first pull of a real image through a slow mirror
 # containerd 2.x's deprecation ids (pkg/deprecation) for what this flow moves.

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodemedic.config import Settings
-from nodemedic.engine.state import EngineState
 from nodemedic.flows import EXIT_FAILED, EXIT_NEEDS_OPERATOR, EXIT_OK, EXIT_REFUSED, mountunit
 from nodemedic.flows.copy import CopyFailed, copy_argv, copy_tree
 from nodemedic.flows.manifest import compare, usage
@@ -44,9 +43,10 @@ from nodemedic.probes.cri import CriClient, CriError
 from nodemedic.probes.fs import read_mountinfo
 from nodemedic.repairs.containerd_root import running_shims
 from nodemedic.repairs.context import RepairContext
-from nodemedic.repairs.safety import Guard, atomic_write, ensure_dir, remove_file, remove_tree
 from nodemedic.report.journal import ERR, NOTICE, WARNING, Kind
+from nodemedic.safety import Guard, atomic_write, ensure_dir, remove_file, remove_tree
 from nodemedic.sources.systemd_bus import BusError
+from nodemedic.state import EngineState
 
 RUNNING = ("active", "activating", "reloading")
 

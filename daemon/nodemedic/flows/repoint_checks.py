@@ -14,7 +14,7 @@ from pathlib import Path
 from nodemedic.flows import mountunit
 from nodemedic.flows.manifest import Usage
 from nodemedic.probes.fs import MountInfo, mount_for
-from nodemedic.repairs.safety import Guard, UnsafeOperation
+from nodemedic.safety import Guard, UnsafeOperation
 
 # overlayfs needs an upper filesystem with d_type and trusted.* xattrs, local and persistent.
 WHY_FSTYPE = ("containerd's overlayfs snapshotter needs a local, persistent filesystem with d_type and "

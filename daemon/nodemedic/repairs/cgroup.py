@@ -25,8 +25,8 @@ import tomlkit
 from nodemedic.probes import containerd_config
 from nodemedic.probes.cri import CriError
 from nodemedic.repairs.context import RepairContext
-from nodemedic.repairs.safety import atomic_write
 from nodemedic.repairs.step import StepClass
+from nodemedic.safety import atomic_write
 
 
 def set_systemd_cgroup(text: str) -> tuple[str, bool]:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nodemedic.repairs.context import RepairContext
-from nodemedic.repairs.safety import atomic_write, ensure_dir, remove_file
 from nodemedic.repairs.step import StepClass
 from nodemedic.report.journal import NOTICE, Kind, log
+from nodemedic.safety import atomic_write, ensure_dir, remove_file
 
 CNI_SUFFIXES = (".conf", ".conflist", ".json")
 # A bridge of our own: never `cni0`, which flannel and the bridge plugin own.

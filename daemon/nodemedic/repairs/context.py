@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodemedic.config import Settings
-from nodemedic.engine.state import EngineState
 from nodemedic.hostroot import HostRoot
 from nodemedic.probes.cri import CriClient, CriError, CriStatus
-from nodemedic.repairs.safety import Guard
 from nodemedic.repairs.step import NoUndo, UndoLog
+from nodemedic.safety import Guard
 from nodemedic.sources.systemd_bus import SystemdBus
+from nodemedic.state import EngineState
 
 
 @dataclass

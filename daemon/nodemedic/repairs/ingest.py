@@ -26,8 +26,8 @@ from pathlib import Path
 
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedy_probes import runtime_ready
-from nodemedic.repairs.safety import Guard, UnsafeOperation, remove_tree
 from nodemedic.repairs.step import StepClass
+from nodemedic.safety import Guard, UnsafeOperation, remove_tree
 
 INGEST = ("io.containerd.content.v1.content", "ingest")
 

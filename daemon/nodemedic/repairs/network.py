@@ -33,8 +33,8 @@ from nodemedic.repairs.containerd_root import running_shims
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.privileged import run_in_step_unit
 from nodemedic.repairs.remedy_probes import runtime_ready
-from nodemedic.repairs.safety import remove_file
 from nodemedic.repairs.step import StepClass
+from nodemedic.safety import remove_file
 from nodemedic.sources.systemd_bus import BusError
 
 SUBNET_ENV = "/run/flannel/subnet.env"

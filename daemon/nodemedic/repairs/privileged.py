@@ -17,7 +17,7 @@ from pathlib import Path
 from nodemedic.config import Settings
 from nodemedic.hostroot import HostRoot
 from nodemedic.repairs.context import RepairContext
-from nodemedic.repairs.safety import atomic_write, ensure_dir, remove_file
+from nodemedic.safety import atomic_write, ensure_dir, remove_file
 from nodemedic.sources.systemd_bus import BusError
 
 # What one privileged action does; returns what it changed, one sentence each.

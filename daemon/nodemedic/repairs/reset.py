@@ -23,9 +23,9 @@ from nodemedic.repairs.containerd_root import move_root_aside, root_refusal
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.privileged import run_in_step_unit
 from nodemedic.repairs.remedy_probes import Probe, runtime_ready, wait_until
-from nodemedic.repairs.safety import remove_file, remove_tree
 from nodemedic.repairs.step import StepClass
 from nodemedic.repairs.units import require_job, start_unit, stop_unit
+from nodemedic.safety import remove_file, remove_tree
 
 CONTAINERD = "containerd.service"
 KUBELET = "kubelet.service"

@@ -12,14 +12,14 @@ import asyncio
 import sys
 
 from nodemedic.config import load_config
-from nodemedic.engine.state import EngineState
 from nodemedic.hostroot import HostRoot
 from nodemedic.probes.cri import CriClient
 from nodemedic.repairs import network
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.privileged import Action, write_result
-from nodemedic.repairs.safety import Guard
+from nodemedic.safety import Guard
 from nodemedic.sources.systemd_bus import SystemdBus
+from nodemedic.state import EngineState
 
 ACTIONS: dict[str, Action] = {
     "delete-stale-bridge": network.delete_stale_bridge,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedy_probes import runtime_ready
-from nodemedic.repairs.safety import atomic_write
 from nodemedic.repairs.step import StepClass
+from nodemedic.safety import atomic_write
 
 # Values used widely for container hosts (failure-modes: >= 512 instances minimum).
 TARGETS = {"fs.inotify.max_user_instances": 8192, "fs.inotify.max_user_watches": 524288}

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 
-from nodemedic.engine.state import Phase, ProblemRecord
-from nodemedic.repairs.safety import Guard, UnsafeOperation, atomic_write, ensure_dir
 from nodemedic.report.journal import WARNING, Kind, log
+from nodemedic.safety import Guard, UnsafeOperation, atomic_write, ensure_dir
+from nodemedic.state import Phase, ProblemRecord
 
 disable_created_metrics()
 

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from systemd import journal
 
-from nodemedic.repairs.safety import Guard, atomic_write
+from nodemedic.safety import Guard, atomic_write
 from nodemedic.sources.events import Event, JournalLine
 
 

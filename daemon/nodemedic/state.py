@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from nodemedic.repairs.safety import Guard, atomic_write
+from nodemedic.safety import Guard, atomic_write
 
 
 class Phase(StrEnum):
