@@ -19,6 +19,7 @@ from nodemedic.config.constraints import (
     Each,
     FileName,
     Length,
+    Matches,
     Span,
     absolute_path,
     ip_network,
@@ -121,6 +122,24 @@ class Join:
     backoff_max: Annotated[Seconds, Span(0, DAY)]
 
 
+# -- the fleet guard (issue 15; nodemedic-kube.service holds the slots, engine/fleet.py asks) --
+
+@dataclass(frozen=True)
+class Fleet:
+    """At most `max_concurrent` nodes of the fleet in a disruptive or destructive step at once:
+    each such step first takes one of that many Leases (nodemedic-slot-0..N-1) in `namespace`."""
+
+    enabled: bool
+    max_concurrent: Annotated[int, Count(1, 10_000)]
+    # A DNS-1123 label: what a Kubernetes namespace name may be.
+    namespace: Annotated[str, Matches(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", "a Kubernetes namespace name")]
+    # The Lease's leaseDurationSeconds: a holder that died frees its slot after this long. At
+    # least 15s: it is renewed every third of it, and a renewal must fit in that third.
+    lease_seconds: Annotated[Seconds, Span(15, HOUR)]
+    # While the API server cannot be reached: hold disruptive steps (fail closed) or let them run.
+    when_unreachable: Literal["hold", "proceed"]
+
+
 @dataclass(frozen=True)
 class ProblemSettings:
     """Per-problem overrides, `[problems.<name>]`; unset keys fall back to [policy]."""
@@ -147,6 +166,7 @@ class Settings:
     metrics: Metrics
     repoint: Repoint
     join: Join
+    fleet: Fleet
     problems: Mapping[str, ProblemSettings]
 
     def problem_enabled(self, problem: str) -> bool:
