@@ -21,6 +21,7 @@ from nodemedic.detector.detector import Detector, Suspicion
 from nodemedic.detector.matcher import Matcher
 from nodemedic.doctor import plan_for
 from nodemedic.engine.engine import Engine
+from nodemedic.engine.fleet import FleetGate
 from nodemedic.hostroot import HostRoot
 from nodemedic.probes.cri import CriClient
 from nodemedic.repairs import cni
@@ -63,7 +64,8 @@ class Daemon:
         self.metrics = Metrics(root.path(textfile) if textfile else None, self.guard, loaded.metrics_dir_configured)
         self.api = ApiServer(self)
         self.engine = Engine(self.ctx, self.store, REMEDIES, CONFIRMS, on_change=self.update_status,
-                             on_step=self.metrics.step_finished, on_transition=self.api.problem_changed)
+                             on_step=self.metrics.step_finished, on_transition=self.api.problem_changed,
+                             fleet=FleetGate(lambda: self.ctx.settings.fleet))  # issue 15's fleet guard
         self.journal = JournalSource(settings.daemon.units, self.queue, state_dir / "journal.cursor", self.guard,
                                      settings.journal.batch_size, settings.journal.replay_window,
                                      settings.journal.replay_grace, on_drained=self.journal_drained,
@@ -120,6 +122,7 @@ class Daemon:
         await asyncio.gather(consumer, units_task, api_task, return_exceptions=True)
         self.api.close()
         await self.engine.idle()
+        self.engine.fleet.close()
         self.journal.close()
         self.paths.close()
         self.bus.close()
@@ -372,6 +375,8 @@ class Daemon:
         placeholder = self.root.path(settings.paths.cni_conf_dir) / settings.cni.placeholder_file
         if _is_regular_file(placeholder):
             state += "; placeholder CNI config active (real network not yet configured)"
+        for problem, reason in sorted(self.engine.fleet.holds.items()):  # the fleet guard's hold
+            state += f"; {problem}: {reason}"
         if self.engine.persist_error:
             state += f"; state not saved ({self.engine.persist_error}): non-idempotent steps held back"
         if settings.daemon.mode == "observe":

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_fixed
 
 from nodemedic.detector.detector import Suspicion
+from nodemedic.engine.fleet import FleetGate
 from nodemedic.engine.policy import Gate
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedies import Probe
@@ -54,7 +55,8 @@ class Engine:
     def __init__(self, ctx: RepairContext, store: StateStore, remedies: Mapping[str, Remedy],
                  confirms: Mapping[str, Probe], on_change: Callable[[], None] = lambda: None,
                  on_step: Callable[[str, str, str], None] = lambda _problem, _step, _result: None,
-                 on_transition: Callable[[str, str], None] = lambda _problem, _phase: None) -> None:
+                 on_transition: Callable[[str, str], None] = lambda _problem, _phase: None,
+                 fleet: FleetGate | None = None) -> None:
         self.ctx = ctx
         self.store = store
         self.remedies = remedies
@@ -63,6 +65,7 @@ class Engine:
         self.on_step = on_step
         self.on_transition = on_transition
         self.gate = Gate(ctx)
+        self.fleet = fleet or FleetGate()  # the fleet guard (engine/fleet.py); off unless fleet.enabled
         self._repair_lock = asyncio.Lock()  # one repair at a time on the node
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: dict[str, Suspicion] = {}  # news that arrived while the problem was being checked
@@ -307,6 +310,9 @@ class Engine:
                 continue
             if not applied and not forced and suspicion is not None and self._cooling(record, step, suspicion):
                 return
+            if step.klass != "safe":  # the fleet guard: a slot first (released in _finish_step / _transition)
+                await self.fleet.wait(record.problem, step.name,
+                                      lambda why, step=step: self._fleet_held(record, step, why), self._repair_lock)
             if self.gate.paused:
                 # Paused while a step ran, or a paused daemon resuming one: nothing more is applied.
                 # Held as confirmed, so that `nodemedic resume` looks at it again (retry_held).
@@ -424,8 +430,14 @@ class Engine:
 
         return await self._retry_until(attempt, attempts, interval)
 
+    def _fleet_held(self, record: ProblemRecord, step: Step, reason: str) -> None:
+        """Waiting for the fleet guard: confirmed (an operator may forget or repair it), with why."""
+        self.current = None
+        self._transition(record, Phase.CONFIRMED, Kind.FLEET_HELD, f"next step {step.name} held: {reason}")
+
     def _finish_step(self, record: ProblemRecord, step: Step, result: str, detail: str = "", error: str = "",
                      resumed: bool = False) -> None:
+        self.fleet.release(record.problem)  # the step and its verification are over
         self.on_step(record.problem, step.name, result)
         message = f"{record.problem}: step {step.name} {result}" + (f": {error}" if error else "")
         log(Kind.STEP_FINISHED, message, INFO if result == "ok" else WARNING, problem=record.problem,
@@ -450,6 +462,8 @@ class Engine:
                     priority: int = NOTICE) -> bool:
         """Move and report; True when the new phase is on disk (or needs not be)."""
         record.move(phase, detail)
+        if phase not in (Phase.REPAIRING, Phase.VERIFYING):
+            self.fleet.release(record.problem)  # held back or ended after the slot was granted
         saved = True
         if phase in (Phase.SUSPECTED, Phase.CONFIRMED):
             # A restart turns these back into idle (resume), so they need no fsync'd write: the

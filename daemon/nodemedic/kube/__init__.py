@@ -1,0 +1,1 @@
+"""The cluster side (nodemedic-kube.service): runs off the repair daemon, on the network."""
