@@ -19,7 +19,7 @@ from nodemedic.engine.fleet import FleetGate
 from nodemedic.engine.policy import Gate
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedies import Probe
-from nodemedic.repairs.step import NoUndo, Remedy, Step
+from nodemedic.repairs.step import NoUndo, Remedy, Step, StepClass
 from nodemedic.report.journal import ERR, INFO, NOTICE, WARNING, Kind, log
 from nodemedic.safety import UnsafeOperation
 from nodemedic.state import Phase, ProblemRecord, StateStore
@@ -310,7 +310,7 @@ class Engine:
                 continue
             if not applied and not forced and suspicion is not None and self._cooling(record, step, suspicion):
                 return
-            if step.klass != "safe":  # the fleet guard: a slot first (released in _finish_step / _transition)
+            if step.klass != StepClass.SAFE:  # the fleet guard: a slot first (released in _finish_step / _transition)
                 await self.fleet.wait(record.problem, step.name,
                                       lambda why, step=step: self._fleet_held(record, step, why), self._repair_lock)
             if self.gate.paused:
