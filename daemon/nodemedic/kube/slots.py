@@ -130,21 +130,23 @@ class Slots:
         self.problems: set[str] = set()  # what it is held for (the engine runs one repair at a time)
         self.waiting = False  # a request was refused: wake the daemon when a slot may have freed
         self.trouble = ""  # the current outage, reported once
+        self.trouble_kind = ""  # "unreachable" or "identity"
         self._lock = asyncio.Lock()
         self._wanted = asyncio.Event()  # set while someone waits: wake_waiters watches only then
         self._renewer: asyncio.Task[None] | None = None
 
     # -- the outage report: once per outage, not once per try ---------------------------------
 
-    def _troubled(self, detail: str) -> None:
-        if detail != self.trouble:
+    def _troubled(self, kind: str, detail: str) -> None:
+        # Judged by its kind, not its text: a connection error's wording varies from try to try.
+        if kind != self.trouble_kind:
             log(Kind.FLEET_TROUBLE, f"fleet guard: {detail}", WARNING, reason=detail)
-        self.trouble = detail
+        self.trouble, self.trouble_kind = detail, kind
 
     def _untroubled(self) -> None:
         if self.trouble:
             log(Kind.FLEET_TROUBLE, f"fleet guard: the API server answers again (was: {self.trouble})", NOTICE)
-            self.trouble = ""
+            self.trouble, self.trouble_kind = "", ""
 
     # -- acquire / release -------------------------------------------------------------------
 
@@ -155,10 +157,10 @@ class Slots:
             except Forbidden as err:
                 detail = (f"no identity for the fleet slots: these credentials may not use Leases in this "
                           f"namespace ({err}); the kubelet's never may (NodeRestriction), see fleet-rbac.yaml")
-                self._troubled(detail)
+                self._troubled("identity", detail)
                 answer = Answer(False, (), f"fleet guard has no identity ({err})")
             except Unreachable as err:
-                self._troubled(f"API server unreachable: {err}")
+                self._troubled("unreachable", f"API server unreachable: {err}")
                 if self.when_unreachable == "proceed":
                     answer = Answer(True, (), "API server unreachable: proceeding without a slot")
                 else:
@@ -263,7 +265,8 @@ class Slots:
                     self.held, self.lease, self.problems = None, None, set()
                     return
                 except (Unreachable, Forbidden) as err:
-                    self._troubled(f"renewing slot {name}: {err}")
+                    self._troubled("identity" if isinstance(err, Forbidden) else "unreachable",
+                                   f"renewing slot {name}: {err}")
                     continue
                 self._untroubled()
                 self.observer.see(name, self.lease)

@@ -1,0 +1,221 @@
+"""The fleet guard against the real API server (issue 15, item 4): two booted nodes, each with
+nodemedic.service and the guard's side (nodemedic.kube.fleet.serve_fleet) on its system bus,
+holding coordination.k8s.io/v1 Leases in kube-apiserver 1.20.2 (testbed/kube_cp.py) with an
+identity of their own (CN=system:nodemedic:NODE, O=nodemedic:fleet, packaging/kubernetes/
+fleet-rbac.yaml).
+
+The guard's side runs from FLEET_ENTRY, a few lines that load the node's configuration, make a
+lightkube AsyncClient from the guard's kubeconfig and call serve_fleet: `nodemedic kube run`
+(nodemedic-kube.service, another helper's work) was not on main when this was written. It runs
+as a transient unit, so the test can SIGKILL it like any holder dying mid-step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from nodemedic.report.journal import Kind
+from tests.node.medic import cli, nodemedic_entries, phase, start_nodemedic, wait_for_kind
+from tests.node.testbed import faults, image
+from tests.node.testbed.kube_cp import ControlPlane, kubeconfig_text
+from tests.node.testbed.node import NODE_PYTHON, REPO_ROOT, Node, boot_node
+
+pytestmark = [pytest.mark.node]  # trixie (the default stack)
+
+KUBELET = "kubelet.service"
+PROBLEM = "kubelet-crash-loop"  # its one step, restart-kubelet, is disruptive
+LIGHTKUBE = "lightkube==1.0.1"
+LEASE_SECONDS = 15  # the shortest fleet.lease_seconds allowed
+KUBECONFIG = "/etc/nodemedic/fleet.kubeconfig"
+GUARD_UNIT = "nodemedic-fleet-entry"
+FLEET_CONFIG = f"""
+[fleet]
+enabled = true
+max_concurrent = 1
+lease_seconds = "{LEASE_SECONDS}s"
+
+[ingest]
+stale_age = "5s"
+"""
+FLEET_ENTRY = """
+import asyncio, sys
+from dbus_next import BusType
+from dbus_next.aio import MessageBus
+from lightkube import AsyncClient, KubeConfig
+from nodemedic.config import load_config
+from nodemedic.kube.fleet import serve_fleet
+
+async def main():
+    settings = load_config().settings
+    client = AsyncClient(KubeConfig.from_file(sys.argv[1]))
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    await serve_fleet(bus, client, settings, me=sys.argv[2])
+
+asyncio.run(main())
+"""
+LEASE = "/apis/coordination.k8s.io/v1/namespaces/nodemedic/leases/nodemedic-slot-0"
+
+
+@dataclass
+class Fleet:
+    cp: ControlPlane
+    nodes: list[Node]
+
+
+def _install_lightkube(node: Node) -> None:
+    wheels = image.ensure_wheelhouse([LIGHTKUBE], python=node.stack.python)
+    target = node.root / "var/tmp/fleet-wheels"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(wheels, target)
+    node.run([f"{image.NODE_VENV}/bin/pip", "install", "--quiet", "--no-index", "--find-links",
+              "/var/tmp/fleet-wheels", LIGHTKUBE], timeout=300)
+
+
+def start_guard(node: Node) -> None:
+    node.run(["systemctl", "reset-failed", f"{GUARD_UNIT}.service"], check=False)
+    node.run(["systemd-run", "--quiet", f"--unit={GUARD_UNIT}", NODE_PYTHON, "/var/tmp/fleet_entry.py",
+              KUBECONFIG, node.name])
+    node.wait_for(lambda: node.journal(message_id=Kind.FLEET_SERVING.value), timeout=60,
+                  what="the fleet guard serving on the bus")
+
+
+@pytest.fixture(scope="module")
+def fleet(control_plane: ControlPlane) -> Iterator[Fleet]:
+    control_plane.kubectl("apply", "-f", str(REPO_ROOT / "packaging/kubernetes/fleet-rbac.yaml"))
+    nodes: list[Node] = []
+    try:
+        for _ in range(2):
+            node = boot_node("nm-kube-fleet")
+            nodes.append(node)
+            control_plane.attach(node)
+            _install_lightkube(node)
+            cert, key = control_plane.pki.client(f"fleet-{node.name}", f"system:nodemedic:{node.name}",
+                                                 ["nodemedic:fleet"])
+            node.write_file(KUBECONFIG, kubeconfig_text(control_plane.pki.ca_cert.read_text(), cert.read_text(),
+                                                        key.read_text(), f"system:nodemedic:{node.name}"), 0o600)
+            node.write_file("/etc/dbus-1/system.d/org.nodemedic.Kube1.conf",
+                            (REPO_ROOT / "units/org.nodemedic.Kube1.conf").read_text())
+            node.write_file("/var/tmp/fleet_entry.py", FLEET_ENTRY)
+            start_nodemedic(node, FLEET_CONFIG)  # reloads dbus: the Kube1 policy is in effect
+            start_guard(node)
+        yield Fleet(control_plane, nodes)
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def _usec(entry: dict) -> int:
+    return int(entry["__REALTIME_TIMESTAMP"])
+
+
+def _step_spans(node: Node, since: str) -> list[tuple[int, int]]:
+    """(start, end) of every restart-kubelet on `node`, from its journal (both nodes share the
+    host's realtime clock)."""
+    started = nodemedic_entries(node, Kind.STEP_STARTED, since, problem=PROBLEM)
+    finished = nodemedic_entries(node, Kind.STEP_FINISHED, since, problem=PROBLEM)
+    assert len(started) == len(finished), (started, finished)
+    return [(_usec(s), _usec(f)) for s, f in zip(started, finished, strict=True)]
+
+
+def _clear(node: Node, fault: faults.Fault) -> None:
+    fault.restore()
+    node.wait_for(lambda: phase(node, PROBLEM) in ("", "idle"), timeout=90, what=f"{PROBLEM} cleared")
+    assert cli(node, "forget", PROBLEM).returncode == 0
+
+
+def test_never_two_nodes_in_a_disruptive_step_at_once(fleet: Fleet) -> None:
+    a, b = fleet.nodes
+    since = {node.name: node.cursor() for node in fleet.nodes}
+    crash = {node.name: faults.crash_loop(node, KUBELET) for node in fleet.nodes}
+    try:
+        for node in fleet.nodes:
+            wait_for_kind(node, Kind.EXHAUSTED, PROBLEM, since[node.name], timeout=180)
+        spans = {node.name: _step_spans(node, since[node.name]) for node in fleet.nodes}
+        assert all(len(s) == 1 for s in spans.values()), spans
+        (a_start, a_end), (b_start, b_end) = spans[a.name][0], spans[b.name][0]
+        assert a_end < b_start or b_end < a_start, f"both in restart-kubelet at once: {spans}"
+        # The second one waited, and said for whom.
+        second, first = (b, a) if a_start < b_start else (a, b)
+        held = nodemedic_entries(second, Kind.FLEET_HELD, since[second.name], problem=PROBLEM)
+        assert held and f"waiting for a fleet slot (held by {first.name})" in held[0]["MESSAGE"], held
+        assert not nodemedic_entries(first, Kind.FLEET_HELD, since[first.name], problem=PROBLEM)
+    finally:
+        for node in fleet.nodes:
+            _clear(node, crash[node.name])
+    lease = fleet.cp.admin().get(LEASE)
+    assert not lease["spec"].get("holderIdentity"), lease  # released after each step's verification
+    assert lease["spec"]["leaseTransitions"] >= 1
+
+
+def _renew_usec(lease: dict) -> int:
+    renew = dt.datetime.strptime(lease["spec"]["renewTime"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+    return int(renew.timestamp() * 1_000_000)
+
+
+def test_a_holder_killed_mid_step_frees_its_slot_after_the_lease_duration(fleet: Fleet) -> None:
+    a, b = fleet.nodes
+    since_a, since_b = a.cursor(), b.cursor()
+    crash_a = faults.crash_loop(a, KUBELET)
+    crash_b = None
+    try:
+        wait_for_kind(a, Kind.STEP_STARTED, PROBLEM, since_a, timeout=120)
+        a.run(["systemctl", "kill", "--signal=SIGKILL", f"{GUARD_UNIT}.service"])  # the holder dies
+        lease = fleet.cp.admin().get(LEASE)
+        assert lease["spec"]["holderIdentity"] == a.name, lease
+        last_write = _renew_usec(lease)
+        crash_b = faults.crash_loop(b, KUBELET)
+        started = wait_for_kind(b, Kind.STEP_STARTED, PROBLEM, since_b, timeout=120)
+        waited = (_usec(started) - last_write) / 1e6
+        # Never before the lease duration since the holder's last write, as b's own clock saw it...
+        assert waited >= LEASE_SECONDS, f"took the slot {waited:.1f}s after the holder's last renewal"
+        held = nodemedic_entries(b, Kind.FLEET_HELD, since_b, problem=PROBLEM)
+        assert held and f"held by {a.name}" in held[0]["MESSAGE"]
+        # ... and then without anyone writing the Lease: b's guard woke on its observed expiry.
+        assert fleet.cp.admin().get(LEASE)["spec"]["holderIdentity"] == b.name
+        wait_for_kind(b, Kind.EXHAUSTED, PROBLEM, since_b, timeout=120)
+    finally:
+        start_guard(a)
+        _clear(a, crash_a)
+        if crash_b is not None:
+            _clear(b, crash_b)
+
+
+def test_api_server_stopped_holds_disruptive_steps_lets_safe_ones_run_and_catches_up(fleet: Fleet) -> None:
+    a = fleet.nodes[0]
+    since = a.cursor()
+    restarts = a.unit_state("nodemedic.service").n_restarts
+    fleet.cp.stop_apiserver()
+    crash = None
+    try:
+        crash = faults.crash_loop(a, KUBELET)
+        held = wait_for_kind(a, Kind.FLEET_HELD, PROBLEM, since, timeout=120)
+        assert "API server unreachable" in held["MESSAGE"], held
+        status = a.run(["systemctl", "show", "--property=StatusText", "--value", "nodemedic"]).stdout
+        assert "API server unreachable" in status, status
+        # A safe repair runs meanwhile (the held episode gave up the node's repair lock).
+        stale = faults.stale_ingest(a)
+        try:
+            wait_for_kind(a, Kind.HEALED, "ingest-stale", since, timeout=90)
+        finally:
+            stale.restore()
+        assert not nodemedic_entries(a, Kind.STEP_STARTED, since, problem=PROBLEM)
+        trouble = nodemedic_entries(a, Kind.FLEET_TROUBLE, since)
+        assert len([e for e in trouble if "unreachable" in e["MESSAGE"]
+                    and "answers again" not in e["MESSAGE"]]) == 1, trouble  # once per outage
+    finally:
+        fleet.cp.start_apiserver()
+    try:
+        # Back: the held step runs (woken by the watch coming back, or the gate's backoff).
+        wait_for_kind(a, Kind.STEP_STARTED, PROBLEM, since, timeout=120)
+        wait_for_kind(a, Kind.EXHAUSTED, PROBLEM, since, timeout=120)
+        assert a.unit_state("nodemedic.service").n_restarts == restarts
+        assert a.unit_state(f"{GUARD_UNIT}.service").active_state == "active"
+    finally:
+        if crash is not None:
+            _clear(a, crash)
+
