@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -77,10 +78,13 @@ def _install_lightkube(node: Node) -> None:
 
 
 def start_guard(node: Node) -> None:
+    if node.unit_state(f"{GUARD_UNIT}.service").active_state == "active":
+        return
     node.run(["systemctl", "reset-failed", f"{GUARD_UNIT}.service"], check=False)
+    since = node.cursor()
     node.run(["systemd-run", "--quiet", f"--unit={GUARD_UNIT}", NODE_PYTHON, "/var/tmp/fleet_entry.py",
               KUBECONFIG, node.name])
-    node.wait_for(lambda: node.journal(message_id=Kind.FLEET_SERVING.value), timeout=60,
+    node.wait_for(lambda: node.journal(message_id=Kind.FLEET_SERVING.value, since=since), timeout=60,
                   what="the fleet guard serving on the bus")
 
 
@@ -219,3 +223,40 @@ def test_api_server_stopped_holds_disruptive_steps_lets_safe_ones_run_and_catche
         if crash is not None:
             _clear(a, crash)
 
+
+
+def test_without_the_guard_running_a_disruptive_step_holds_until_it_comes(fleet: Fleet) -> None:
+    b = fleet.nodes[1]
+    since = b.cursor()
+    b.run(["systemctl", "stop", f"{GUARD_UNIT}.service"])
+    crash = faults.crash_loop(b, KUBELET)
+    try:
+        held = wait_for_kind(b, Kind.FLEET_HELD, PROBLEM, since, timeout=120)
+        assert "fleet guard not running" in held["MESSAGE"], held
+        assert not nodemedic_entries(b, Kind.STEP_STARTED, since, problem=PROBLEM)
+        start_guard(b)  # its name appearing on the bus wakes the held episode
+        wait_for_kind(b, Kind.STEP_STARTED, PROBLEM, since, timeout=90)
+        wait_for_kind(b, Kind.EXHAUSTED, PROBLEM, since, timeout=120)
+    finally:
+        start_guard(b)
+        _clear(b, crash)
+
+
+def test_a_daemon_killed_mid_step_has_its_slot_released_by_the_guard(fleet: Fleet) -> None:
+    a = fleet.nodes[0]
+    since = a.cursor()
+    crash = faults.crash_loop(a, KUBELET)
+    try:
+        wait_for_kind(a, Kind.STEP_STARTED, PROBLEM, since, timeout=120)
+        killed = a.cursor()
+        killed_at = time.time()  # the nodes' journals use the host's realtime clock
+        a.run(["systemctl", "kill", "--signal=SIGKILL", "nodemedic.service"])
+        released = wait_for_kind(a, Kind.FLEET_SLOT_RELEASED, None, killed, timeout=60)
+        lease = fleet.cp.admin().get(LEASE)
+        assert not lease["spec"].get("holderIdentity"), lease
+        # Released because org.nodemedic1 vanished, not by expiry: before the lease could expire.
+        assert _usec(released) / 1e6 - killed_at < LEASE_SECONDS
+    finally:
+        a.run(["systemctl", "reset-failed", "nodemedic.service"], check=False)
+        a.run(["systemctl", "start", "nodemedic.service"])
+        _clear(a, crash)

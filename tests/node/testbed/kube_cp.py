@@ -91,13 +91,17 @@ class Pki:
     def make_ca(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._key(self.ca_key)
+        # keyUsage as kubeadm's CA has it: Python >= 3.13 verifies strictly (VERIFY_X509_STRICT) and
+        # refuses a CA without it ("CA cert does not include key usage extension").
         _run(["openssl", "req", "-x509", "-new", "-key", str(self.ca_key), "-out", str(self.ca_cert),
-              "-days", "7", "-subj", "/CN=nodemedic-testbed-ca"])
+              "-days", "7", "-subj", "/CN=nodemedic-testbed-ca",
+              "-addext", "keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign"])
 
     def issue(self, stem: str, subject: str, extensions: str) -> tuple[Path, Path]:
         key, csr, cert, ext = (self.dir / f"{stem}{s}" for s in (".key", ".csr", ".crt", ".ext"))
         self._key(key)
-        ext.write_text(extensions)
+        # Authority and subject key identifiers: Python >= 3.13's strict verification wants them.
+        ext.write_text(extensions + "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n")
         _run(["openssl", "req", "-new", "-key", str(key), "-out", str(csr), "-subj", subject])
         self._serial += 1
         _run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(self.ca_cert), "-CAkey", str(self.ca_key),
