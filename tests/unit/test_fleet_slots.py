@@ -281,3 +281,15 @@ def test_a_waiter_is_woken_when_a_dead_holders_slot_expires_without_any_write(lo
         waker.cancel()
 
     asyncio.run(scenario())
+
+
+def test_an_outage_whose_wording_changes_from_try_to_try_is_still_reported_once(logged):
+    async def scenario():
+        store = LeaseStoreFake()
+        guard = make(store, "node-a", FakeClock())
+        for wording in ("ConnectError: connection refused", "ConnectTimeout: timed out", "503: unavailable"):
+            store.down = Unreachable(wording)
+            assert not (await guard.acquire("p")).granted
+
+    asyncio.run(scenario())
+    assert len([m for k, m in logged if k == "FLEET_TROUBLE"]) == 1
