@@ -26,8 +26,9 @@ from tests.node.medic import cli, nodemedic_entries, phase, start_nodemedic, wai
 from tests.node.testbed import faults, image
 from tests.node.testbed.kube_cp import ControlPlane, kubeconfig_text
 from tests.node.testbed.node import NODE_PYTHON, REPO_ROOT, Node, boot_node
+from tests.node.testbed.stacks import Stack
 
-pytestmark = [pytest.mark.node]  # trixie (the default stack)
+pytestmark = [pytest.mark.node, pytest.mark.stacks("trixie", "bookworm")]  # python 3.13 and 3.11
 
 KUBELET = "kubelet.service"
 PROBLEM = "kubelet-crash-loop"  # its one step, restart-kubelet, is disruptive
@@ -90,12 +91,12 @@ def start_guard(node: Node) -> None:
 
 
 @pytest.fixture(scope="module")
-def fleet(control_plane: ControlPlane) -> Iterator[Fleet]:
+def fleet(control_plane: ControlPlane, stack: Stack) -> Iterator[Fleet]:
     control_plane.kubectl("apply", "-f", str(REPO_ROOT / "packaging/kubernetes/fleet-rbac.yaml"))
     nodes: list[Node] = []
     try:
         for _ in range(2):
-            node = boot_node("nm-kube-fleet")
+            node = boot_node("nm-kube-fleet", stack=stack)
             nodes.append(node)
             control_plane.attach(node)
             _install_lightkube(node)

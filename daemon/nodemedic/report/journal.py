@@ -40,12 +40,12 @@ class Kind(Enum):
     OPERATION_REFUSED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f83"
     RESTORED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f84"
     # the fleet guard (issue 15): the daemon waiting for a slot, nodemedic-kube holding slots
-    FLEET_HELD = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5fa0"
-    FLEET_SLOT_TAKEN = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5fa1"
-    FLEET_SLOT_RELEASED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5fa2"
-    FLEET_SLOT_LOST = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5fa3"
-    FLEET_TROUBLE = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5fa4"
-    FLEET_SERVING = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5fa5"
+    FLEET_HELD = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5fb0"
+    FLEET_SLOT_TAKEN = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5fb1"
+    FLEET_SLOT_RELEASED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5fb2"
+    FLEET_SLOT_LOST = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5fb3"
+    FLEET_TROUBLE = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5fb4"
+    FLEET_SERVING = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5fb5"
     # `nodemedic repoint`
     REPOINT_REFUSED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f30"
     REPOINT_STARTED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f31"
