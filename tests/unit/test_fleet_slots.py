@@ -293,3 +293,85 @@ def test_an_outage_whose_wording_changes_from_try_to_try_is_still_reported_once(
 
     asyncio.run(scenario())
     assert len([m for k, m in logged if k == "FLEET_TROUBLE"]) == 1
+
+
+# -- the plain JSON client's adapter (kube/fleet.py RestLeases) ---------------------------------
+
+class StatusError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+class JsonApiFake:
+    """The API server's Lease endpoints as a plain JSON client sees them (nodemedic.kube.api.Api's
+    `request`): 404, 409 on a stale resourceVersion or an existing name, 403 while `forbidden`."""
+
+    def __init__(self) -> None:
+        self.leases: dict[str, dict] = {}
+        self.version = 0
+        self.forbidden = False
+        self.down = False
+
+    async def request(self, method: str, path: str, body=None):
+        if self.down:
+            raise ConnectionRefusedError("connection refused")
+        if self.forbidden:
+            raise StatusError(403)
+        base = "/apis/coordination.k8s.io/v1/namespaces/nodemedic/leases"
+        name = path.removeprefix(base).strip("/")
+        if method == "GET":
+            if not name:
+                return {"items": list(self.leases.values())}
+            if name not in self.leases:
+                raise StatusError(404)
+            return self.leases[name]
+        if method == "POST":
+            name = body["metadata"]["name"]
+            if name in self.leases:
+                raise StatusError(409)
+        elif self.leases[name]["metadata"]["resourceVersion"] != body["metadata"].get("resourceVersion"):
+            raise StatusError(409)
+        self.version += 1
+        stored = {**body, "metadata": {**body["metadata"], "resourceVersion": str(self.version)}}
+        self.leases[name] = stored
+        return stored
+
+
+def test_the_plain_json_client_holds_slots_the_same_way(logged):
+    from nodemedic.kube.fleet import RestLeases, leases_for
+
+    async def scenario():
+        api, clock = JsonApiFake(), FakeClock()
+        assert isinstance(leases_for(api, "nodemedic"), RestLeases)
+        a = Slots(leases_for(api, "nodemedic"), "node-a", 1, 60, "hold", clock=clock)
+        b = Slots(leases_for(api, "nodemedic"), "node-b", 1, 60, "hold", clock=clock)
+        assert (await a.acquire("p")).granted
+        assert (await b.acquire("q")).reason == "waiting for a fleet slot (held by node-a)"
+        a._renewer.cancel()
+        clock.now += 60
+        held = dict(api.leases["nodemedic-slot-0"])
+        api.version += 1  # node-a renews between node-b's read and its takeover
+        api.leases["nodemedic-slot-0"] = {**held, "metadata": {**held["metadata"], "resourceVersion": "99"}}
+        original = api.request
+
+        async def renew_first(method, path, body=None):
+            if method == "PUT" and body["spec"]["holderIdentity"] == "node-b":
+                api.leases["nodemedic-slot-0"]["metadata"]["resourceVersion"] = "100"
+            return await original(method, path, body)
+
+        api.request = renew_first
+        assert not (await b.acquire("q")).granted  # 409: lost, not doubled
+        assert api.leases["nodemedic-slot-0"]["spec"]["holderIdentity"] == "node-a"
+        api.request = original
+        clock.now += 60
+        assert (await b.acquire("q")).granted
+        await b.release("q")
+        assert api.leases["nodemedic-slot-0"]["spec"]["holderIdentity"] is None
+        c = Slots(leases_for(api, "nodemedic"), "node-c", 1, 60, "hold", clock=clock)  # node-a is dead
+        api.forbidden = True
+        assert (await c.acquire("p")).reason.startswith("fleet guard has no identity")
+        api.forbidden, api.down = False, True
+        assert (await c.acquire("p")).reason == "API server unreachable"
+
+    asyncio.run(scenario())

@@ -103,6 +103,95 @@ class LightkubeLeases:
             yield None
 
 
+class RestLeases:
+    """kube/slots.py's LeaseApi over a plain JSON client: any object with
+    `async request(method, path, body=None)` returning the parsed answer and raising an exception
+    with an int `.status` for an error status (nodemedic.kube.api.Api), anything else for no
+    answer. Without a watch on such a client, `changes()` lists the slots every few seconds,
+    and only while a request waits (kube/slots.py runs it only then)."""
+
+    POLL = 5.0
+
+    def __init__(self, client: Any, namespace: str) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.base = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+
+    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            return await self.client.request(method, path, body)
+        except Exception as err:  # noqa: BLE001 - sorted into the three kinds the slots know
+            status = getattr(err, "status", None)
+            if not isinstance(status, int):
+                raise Unreachable(f"{type(err).__name__}: {err}") from None
+            if status == 409:
+                raise Conflict(str(err)) from None
+            if status == 404:
+                raise LookupError(str(err)) from None
+            if 400 <= status < 500:
+                raise Forbidden(str(err)) from None
+            raise Unreachable(str(err)) from None
+
+    @staticmethod
+    def _record(lease: dict[str, Any]) -> LeaseRecord:
+        spec = lease.get("spec") or {}
+        return LeaseRecord(holder=spec.get("holderIdentity") or "", duration=int(spec.get("leaseDurationSeconds") or 0),
+                           renew=str(spec.get("renewTime") or ""), acquire=str(spec.get("acquireTime") or ""),
+                           transitions=int(spec.get("leaseTransitions") or 0),
+                           version=str((lease.get("metadata") or {}).get("resourceVersion") or ""))
+
+    def _body(self, name: str, record: LeaseRecord) -> dict[str, Any]:
+        spec: dict[str, Any] = {"holderIdentity": record.holder or None, "leaseDurationSeconds": record.duration,
+                                "leaseTransitions": record.transitions}
+        if record.renew:
+            spec["renewTime"] = record.renew
+        if record.acquire:
+            spec["acquireTime"] = record.acquire
+        metadata: dict[str, Any] = {"name": name, "namespace": self.namespace,
+                                    "labels": {"app.kubernetes.io/managed-by": "nodemedic"}}
+        if record.version:
+            metadata["resourceVersion"] = record.version
+        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
+
+    async def get(self, name: str) -> LeaseRecord | None:
+        try:
+            return self._record(await self._call("GET", f"{self.base}/{name}"))
+        except LookupError:
+            return None
+
+    async def create(self, name: str, lease: LeaseRecord) -> LeaseRecord:
+        try:
+            return self._record(await self._call("POST", self.base, self._body(name, lease)))
+        except LookupError as err:
+            raise Forbidden(f"namespace {self.namespace!r} not found: {err}") from None
+
+    async def replace(self, name: str, lease: LeaseRecord) -> LeaseRecord:
+        try:
+            return self._record(await self._call("PUT", f"{self.base}/{name}", self._body(name, lease)))
+        except LookupError:
+            raise Conflict(f"lease {name} was deleted") from None
+
+    async def changes(self) -> AsyncIterator[None]:
+        seen: dict[str, str] | None = None
+        while True:
+            listed = await self._call("GET", self.base)
+            now = {str(item["metadata"]["name"]): str(item["metadata"].get("resourceVersion"))
+                   for item in (listed or {}).get("items", [])}
+            if now != seen:
+                seen = now
+                yield None
+            await asyncio.sleep(self.POLL)
+
+
+def leases_for(client: Any, namespace: str) -> Any:
+    """The LeaseApi for `client`: lightkube's AsyncClient, a plain JSON client, or None."""
+    if client is None:
+        return _NoClient()
+    if type(client).__module__.startswith("lightkube"):
+        return LightkubeLeases(client, namespace)
+    return RestLeases(client, namespace)
+
+
 def node_name(settings: Any) -> str:
     """kubernetes.node_name when the configuration has it (h15a's block), else the host name
     the kubelet registers by default."""
@@ -112,7 +201,8 @@ def node_name(settings: Any) -> str:
 
 async def serve_fleet(bus: MessageBus, client: Any, settings: Any, me: str | None = None) -> None:
     """Own org.nodemedic.Kube1 on `bus` and answer slot requests until cancelled. `client` is a
-    lightkube AsyncClient (None: no usable kubeconfig; every request is held with the reason)."""
+    lightkube AsyncClient or a plain JSON client (see RestLeases); None: no usable kubeconfig,
+    every request is held with the reason."""
     fleet = settings.fleet
     me = me or node_name(settings)
     interface: KubeInterface | None = None
@@ -121,7 +211,7 @@ async def serve_fleet(bus: MessageBus, client: Any, settings: Any, me: str | Non
         if interface is not None and bus.connected:
             interface.SlotsChanged()
 
-    api = LightkubeLeases(client, fleet.namespace) if client is not None else _NoClient()
+    api = leases_for(client, fleet.namespace)
     slots = Slots(api, me, fleet.max_concurrent, fleet.lease_seconds, fleet.when_unreachable, on_changed=changed)
     interface = KubeInterface(slots)
     bus.export(OBJECT_PATH, interface)
