@@ -375,3 +375,23 @@ def test_the_plain_json_client_holds_slots_the_same_way(logged):
         assert (await c.acquire("p")).reason == "API server unreachable"
 
     asyncio.run(scenario())
+
+
+def test_a_waiter_that_stopped_asking_is_forgotten_and_its_watch_ends(logged, monkeypatch):
+    monkeypatch.setattr(slots_module, "WAITER_GONE", 0.3)
+
+    async def scenario():
+        store = LeaseStoreFake()
+        a, b = Slots(store, "node-a", 1, 60, "hold"), Slots(store, "node-b", 1, 60, "hold")
+        assert (await a.acquire("p")).granted
+        assert not (await b.acquire("q")).granted  # and then node-b's problem clears: it never asks again
+        waker = asyncio.get_running_loop().create_task(b.wake_waiters())
+        for _ in range(200):
+            if not b.waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert not b.waiting and not b._wanted.is_set()
+        waker.cancel()
+        await a.release()
+
+    asyncio.run(scenario())

@@ -26,6 +26,9 @@ from typing import Protocol
 from nodemedic.report.journal import NOTICE, WARNING, Kind, log
 
 PREFIX = "nodemedic-slot-"
+# A refused daemon asks again at least every minute (engine/fleet.py's backoff); one that has
+# not asked for this long no longer waits, and the watch for it ends.
+WAITER_GONE = 180.0
 
 
 class Conflict(Exception):
@@ -129,6 +132,7 @@ class Slots:
         self.lease: LeaseRecord | None = None  # as last written by us
         self.problems: set[str] = set()  # what it is held for (the engine runs one repair at a time)
         self.waiting = False  # a request was refused: wake the daemon when a slot may have freed
+        self.asked_at = 0.0  # when the daemon last asked (it asks again at least every minute)
         self.trouble = ""  # the current outage, reported once
         self.trouble_kind = ""  # "unreachable" or "identity"
         self._lock = asyncio.Lock()
@@ -168,6 +172,7 @@ class Slots:
             else:
                 self._untroubled()
             self.waiting = not answer.granted
+            self.asked_at = self.observer.clock()
             if self.waiting:
                 self._wanted.set()
             else:
@@ -288,7 +293,11 @@ class Slots:
             follower = asyncio.get_running_loop().create_task(self._follow(changed))
             try:
                 while self.waiting:
+                    if self.observer.clock() - self.asked_at > WAITER_GONE:
+                        self.forget_waiter()  # its problem cleared or was forgotten: stop watching
+                        break
                     expiry = self.observer.first_expiry(self.me)
+                    expiry = WAITER_GONE if expiry is None else min(expiry, WAITER_GONE)
                     try:
                         await asyncio.wait_for(changed.wait(), expiry)
                     except TimeoutError:
