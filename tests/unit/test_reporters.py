@@ -183,3 +183,19 @@ def test_a_refused_placeholder_removal_propagates_for_the_daemon_to_report(tmp_p
     with pytest.raises(UnsafeOperation):
         Tidier(engine).request(Tidy("real-cni-config", "removing the superseded placeholder CNI config"))
     assert placeholder.exists()
+
+
+def test_the_daemon_assembles_the_four_reporters_and_watches_what_the_conditions_declare(tmp_path):
+    from nodemedic.daemon import Daemon, load
+    from nodemedic.hostroot import HostRoot
+
+    root = HostRoot(tmp_path)
+    daemon = Daemon(root, load(root))
+    assert [type(r).__name__ for r in daemon.reporters.reporters] == [
+        "MetricsReporter", "StatusReporter", "DbusSignals", "JournalReporter"]
+    assert daemon.engine.reporters is daemon.reporters
+    assert daemon.paths.watches == {
+        "cni_conf_dir": tmp_path / "etc/cni/net.d",
+        "ingest_dir": tmp_path / "var/lib/containerd/io.containerd.content.v1.content/ingest"}
+    assert daemon.controller.api_mode() == "repair"
+    assert daemon.controller.api_state().startswith("watching ") and "healthy" in daemon.controller.api_state()

@@ -15,8 +15,6 @@ from dbus_next.constants import RequestNameReply
 from dbus_next.errors import DBusError
 from dbus_next.service import PropertyAccess, ServiceInterface, dbus_property, method, signal
 
-from nodemedic.engine.reporting import StepFinished, Transition
-
 BUS_NAME = "org.nodemedic1"
 OBJECT_PATH = "/org/nodemedic1"
 INTERFACE = "org.nodemedic1"
@@ -151,22 +149,6 @@ class ApiServer:
         if self._bus is not None:
             self._bus.disconnect()
             self._bus = None
-
-
-class DbusSignals:
-    """The reporter that emits ProblemChanged (and the new State) for every transition."""
-
-    def __init__(self, api: ApiServer) -> None:
-        self.api = api
-
-    def on_transition(self, record: object, transition: Transition) -> None:
-        self.api.problem_changed(transition.problem, transition.phase)
-
-    def on_step(self, record: object, step: StepFinished) -> None:
-        pass
-
-    def on_change(self) -> None:
-        pass
 
 
 # -- the client side, for the `nodemedic status/pause/resume/repair/forget` commands ----------

@@ -4,7 +4,8 @@ implementing engine/reporting.py's Reporter and one entry in this list."""
 from __future__ import annotations
 
 from nodemedic.engine.reporting import Reporter
-from nodemedic.report.dbus_api import ApiServer, DbusSignals
+from nodemedic.report.dbus_api import ApiServer
+from nodemedic.report.dbus_signals import DbusSignals
 from nodemedic.report.journal_reporter import JournalReporter
 from nodemedic.report.metrics import MetricsReporter
 from nodemedic.report.status import StatusReporter
