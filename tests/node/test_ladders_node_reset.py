@@ -9,6 +9,17 @@ signature knows does: as `containerd-crash-loop` from systemd's unit state. Left
 network (a cni0 bridge, CNI-/FLANNEL-/KUBE- chains) are planted to show which ones each rung
 removes: only those whose owner is not running. Verdicts come from systemd, CRI Status, `ip` and
 `iptables-save` in the node, and the protected directories are compared byte for byte.
+
+Which kubelet (testbed/kubelet_bed.py): on bookworm and trixie (containerd 1.6/1.7, CRI v1alpha2)
+the real kubelet 1.20.2, registered with a control plane of the module's own: the node's
+identity (/etc/kubernetes/kubelet.conf), /var/lib/kubelet (config, serving certificate, its own
+cpu_manager_state checkpoint, plugin and pod-resources sockets) are the real kubelet's, and the
+reset must keep what it must keep of them with kubelet running, stopped and started again by the
+reset; afterwards the Node is Ready again on the API server. On trixie-containerd2 (CRI v1 only,
+which kubelet 1.20 cannot speak) the kubelet stand-in stays and the same files are planted.
+Either way a pod's volume is planted the way kubelet mounts one (a bind mount under
+/var/lib/kubelet/pods/UID/volumes/kubernetes.io~empty-dir/), which no reset may touch.
+Nothing of this module's fault needs a kubelet feature 1.20 lacks.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from tests.node.medic import (
     wait_healed,
 )
 from tests.node.testbed import faults
+from tests.node.testbed.kubelet_bed import LadderKubelet
 from tests.node.testbed.node import Node
 
 pytestmark = [pytest.mark.node, pytest.mark.stacks("trixie", "bookworm", "trixie-containerd2")]
@@ -40,11 +52,16 @@ DESTRUCTIVE = "/etc/nodemedic/conf.d/60-destructive.toml"
 CNI_RESERVATION = "/var/lib/cni/networks/nmtest/10.244.0.9"
 CPU_CHECKPOINT = "/var/lib/kubelet/cpu_manager_state"
 NODE_IDENTITY = "/etc/kubernetes/kubelet.conf"
-POD_VOLUME = "/var/lib/kubelet/pods/0000-nmtest/volumes/data.txt"
+# A pod's emptyDir volume as kubelet lays one out, here bind-mounted from another disk's directory.
+POD_VOLUME_DIR = "/var/lib/kubelet/pods/0000-nmtest/volumes/kubernetes.io~empty-dir/data"
+POD_VOLUME = f"{POD_VOLUME_DIR}/data.txt"
+POD_VOLUME_SOURCE = "/srv/nmtest-volume-disk/data"
+# What the real kubelet keeps in its state dir and must find again after a reset.
+KUBELET_KEPT = ("/var/lib/kubelet/config.yaml", "/var/lib/kubelet/pki")
 
 
 @pytest.fixture(scope="module")
-def medic(node: Node) -> Node:
+def medic(node: Node, ladder_kubelet: LadderKubelet) -> Node:
     node.write_file(MASKED, "")  # an empty file masks a shipped signature, as in systemd
     start_nodemedic(node)
     return node
@@ -60,19 +77,38 @@ def has_link(node: Node, name: str) -> bool:
 
 
 @pytest.fixture
-def leftovers(medic: Node) -> Iterator[None]:
-    """An old network's leftovers and a joined node's files, removed again afterwards."""
+def leftovers(medic: Node, ladder_kubelet: LadderKubelet) -> Iterator[dict[str, str]]:
+    """An old network's leftovers and a joined node's files, removed again afterwards; yields the
+    checksums of what the node's identity and kubelet's state must still be afterwards. The real
+    kubelet brings its own identity and checkpoint; the stand-in's node gets planted ones."""
     medic.run(["ip", "link", "add", "cni0", "type", "bridge"])
     for chain in ("CNI-nmtest", "FLANNEL-FWD", "KUBE-nmtest"):
         medic.run(["iptables", "-t", "filter", "-N", chain])
-    for path, text in ((CNI_RESERVATION, "nmtest-container\neth0\n"), (CPU_CHECKPOINT, '{"policyName":"none"}\n'),
-                       (NODE_IDENTITY, "apiVersion: v1\nkind: Config\n"), (POD_VOLUME, "a pod's data\n")):
+    planted = [(CNI_RESERVATION, "nmtest-container\neth0\n")]
+    if ladder_kubelet.is_real:
+        assert medic.exists(CPU_CHECKPOINT) and medic.exists(NODE_IDENTITY), "the real kubelet's own files"
+    else:
+        planted += [(CPU_CHECKPOINT, '{"policyName":"none"}\n'), (NODE_IDENTITY, "apiVersion: v1\nkind: Config\n")]
+    for path, text in planted:
         medic.write_file(path, text)
-    yield
+    # The pod's volume: its data on another disk, bind-mounted where kubelet mounts it.
+    medic.write_file(f"{POD_VOLUME_SOURCE}/data.txt", "a pod's data\n")
+    medic.run(["mkdir", "-p", POD_VOLUME_DIR])
+    medic.run(["mount", "--bind", POD_VOLUME_SOURCE, POD_VOLUME_DIR])
+    kept = [NODE_IDENTITY, *(KUBELET_KEPT if ladder_kubelet.is_real else ())]
+    yield {path: medic.checksum_tree(path) for path in kept}
     medic.run(["ip", "link", "delete", "cni0"], check=False)
     for chain in ("CNI-nmtest", "FLANNEL-FWD", "KUBE-nmtest"):
         medic.run(["iptables", "-t", "filter", "-X", chain], check=False)
-    medic.run(["rm", "-rf", "--", "/var/lib/cni", "/var/lib/kubelet/pods", CPU_CHECKPOINT, NODE_IDENTITY])
+    medic.run(["umount", POD_VOLUME_DIR], check=False)
+    medic.run(["rm", "-rf", "--one-file-system", "--", "/var/lib/cni", "/var/lib/kubelet/pods",
+               POD_VOLUME_SOURCE.rsplit("/", 1)[0]])
+    if not ladder_kubelet.is_real:
+        medic.run(["rm", "-f", "--", CPU_CHECKPOINT, NODE_IDENTITY])
+
+
+def volume_mounted(node: Node) -> bool:
+    return node.run(["mountpoint", "-q", POD_VOLUME_DIR], check=False).returncode == 0
 
 
 @pytest.fixture
@@ -102,6 +138,8 @@ def test_default_policy_climbs_to_the_gentle_reset_and_stops_exhausted(medic, le
     assert medic.run(["sha256sum", "--", faults.META_DB]).stdout.split()[0] == crash_loop.info["sha256"]
     for path in (CNI_RESERVATION, CPU_CHECKPOINT, NODE_IDENTITY, POD_VOLUME):
         assert medic.exists(path), path
+    assert volume_mounted(medic)
+    assert {path: medic.checksum_tree(path) for path in leftovers} == leftovers
     # Exhausted means it stops: containerd keeps panicking, nodemedic does not follow it.
     restarts = medic.unit_state("containerd.service").n_restarts
     medic.wait_for(lambda: medic.unit_state("containerd.service").n_restarts >= restarts + 2, timeout=30,
@@ -120,7 +158,7 @@ def destructive_allowed(medic: Node) -> Iterator[None]:
 
 
 def test_allowed_aggressive_reset_moves_the_root_aside_and_the_runtime_comes_back(
-        medic, destructive_allowed, leftovers, cursor, crash_loop):
+        medic, ladder_kubelet, destructive_allowed, leftovers, cursor, crash_loop):
     before = media_checksums(medic)
     healed = wait_healed(medic, PROBLEM, cursor, timeout=180)
     assert steps_started(medic, PROBLEM, cursor) == ["restart-containerd", "gentle-node-reset",
@@ -129,6 +167,8 @@ def test_allowed_aggressive_reset_moves_the_root_aside_and_the_runtime_comes_bac
     # Live: containerd answers CRI on a fresh root, kubelet runs again.
     assert medic.cri_status().runtime_ready
     assert medic.unit_state("kubelet.service").active_state == "active"
+    if ladder_kubelet.is_real:
+        ladder_kubelet.wait_healthy()  # the real kubelet, restarted by the reset, has its Node Ready
     # The old root is kept aside, the corrupt meta.db in it byte for byte (never deleted).
     [aside] = faults.moved_aside_roots(medic)
     meta = aside + faults.META_DB.removeprefix(faults.CONTAINERD_ROOT)
@@ -137,6 +177,8 @@ def test_allowed_aggressive_reset_moves_the_root_aside_and_the_runtime_comes_bac
     assert not has_link(medic, "cni0")
     assert not {"CNI-nmtest", "FLANNEL-FWD", "KUBE-nmtest"} & chains(medic)
     assert not medic.exists(CNI_RESERVATION) and not medic.exists(CPU_CHECKPOINT)
-    # Never: the node's identity, a pod's volume, the protected directories.
-    assert medic.exists(NODE_IDENTITY) and medic.read_file(POD_VOLUME) == b"a pod's data\n"
+    # Never: the node's identity, kubelet's own state, a pod's volume (still mounted), the
+    # protected directories.
+    assert {path: medic.checksum_tree(path) for path in leftovers} == leftovers
+    assert medic.read_file(POD_VOLUME) == b"a pod's data\n" and volume_mounted(medic)
     assert media_checksums(medic) == before
