@@ -48,6 +48,10 @@ pytestmark = [pytest.mark.node, pytest.mark.stacks("trixie", "bookworm", "trixie
 
 CONTAINERD = "containerd.service"
 KUBELET = "kubelet.service"
+# The real kubelet gives every CRI call 2 min by default (runtimeRequestTimeout). A hung containerd
+# then blocks its sync loop's housekeeping (ListPodSandbox) for those 2 min, and only after that
+# does the loop log "container runtime is down"; 10 s here, as the stand-in's CRI_TIMEOUT is short.
+REAL_KUBELET_CONFIG = {"runtimeRequestTimeout": "10s"}
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ serves only CRI v1, which kubelet 1.20 cannot talk to: there the kubelet STAND-I
 
 - `ladder_kubelet` (module): a `LadderKubelet` for the module's node; `.real` is the `Kubelet`
   (None on a stand-in stack), `.is_real`, `.name` ("kubelet 1.20.2" / "kubelet stand-in").
+  A module's `REAL_KUBELET_CONFIG` dict, if any, goes into the real kubelet's KubeletConfiguration.
 - `quick_kubelet` (function): the stand-in with short periods, as `fast_kubelet`; the real kubelet
   keeps its own (compiled-in) periods and is only seen healthy: running, its Node Ready.
 - `crash_loop_kubelet(node, ladder)`: a fault that makes whichever kubelet runs exit at every start.
@@ -93,7 +94,8 @@ def ladder_kubelet(request: pytest.FixtureRequest, node: Node, stack: Stack) -> 
         yield LadderKubelet(node, None)
         return
     cp = request.getfixturevalue("control_plane")
-    k = install_kubelet(node, cp)
+    # A module may set KubeletConfiguration fields of its own (e.g. a shorter runtimeRequestTimeout).
+    k = install_kubelet(node, cp, config_overrides=getattr(request.module, "REAL_KUBELET_CONFIG", None))
     try:
         k.wait_ready()
         yield LadderKubelet(node, k)
