@@ -107,6 +107,16 @@ def leftovers(medic: Node, ladder_kubelet: LadderKubelet) -> Iterator[dict[str, 
         medic.run(["rm", "-f", "--", CPU_CHECKPOINT, NODE_IDENTITY])
 
 
+@pytest.fixture
+def checkpoint_before(medic: Node, leftovers: dict[str, str]) -> str:
+    """The CPU manager checkpoint's inode and mtime before the fault (request it before `crash_loop`)."""
+    return file_identity(medic, CPU_CHECKPOINT)
+
+
+def file_identity(node: Node, path: str) -> str:
+    return node.run(["stat", "-c", "%i %.9Y", "--", path]).stdout.strip()
+
+
 def volume_mounted(node: Node) -> bool:
     return node.run(["mountpoint", "-q", POD_VOLUME_DIR], check=False).returncode == 0
 
@@ -158,7 +168,7 @@ def destructive_allowed(medic: Node) -> Iterator[None]:
 
 
 def test_allowed_aggressive_reset_moves_the_root_aside_and_the_runtime_comes_back(
-        medic, ladder_kubelet, destructive_allowed, leftovers, cursor, crash_loop):
+        medic, ladder_kubelet, destructive_allowed, leftovers, checkpoint_before, cursor, crash_loop):
     before = media_checksums(medic)
     healed = wait_healed(medic, PROBLEM, cursor, timeout=180)
     assert steps_started(medic, PROBLEM, cursor) == ["restart-containerd", "gentle-node-reset",
@@ -176,7 +186,12 @@ def test_allowed_aggressive_reset_moves_the_root_aside_and_the_runtime_comes_bac
     # Owners stopped, no shim running: every leftover went, and the runtime's stale state.
     assert not has_link(medic, "cni0")
     assert not {"CNI-nmtest", "FLANNEL-FWD", "KUBE-nmtest"} & chains(medic)
-    assert not medic.exists(CNI_RESERVATION) and not medic.exists(CPU_CHECKPOINT)
+    assert not medic.exists(CNI_RESERVATION)
+    if ladder_kubelet.is_real:
+        # The real kubelet, started again by the reset, writes a fresh checkpoint: not the old file.
+        assert medic.exists(CPU_CHECKPOINT) and file_identity(medic, CPU_CHECKPOINT) != checkpoint_before
+    else:
+        assert not medic.exists(CPU_CHECKPOINT)
     # Never: the node's identity, kubelet's own state, a pod's volume (still mounted), the
     # protected directories.
     assert {path: medic.checksum_tree(path) for path in leftovers} == leftovers
