@@ -179,8 +179,10 @@ def test_allowed_aggressive_reset_moves_the_root_aside_and_the_runtime_comes_bac
     assert not {"CNI-nmtest", "FLANNEL-FWD", "KUBE-nmtest"} & chains(medic)
     assert not medic.exists(CNI_RESERVATION)
     if ladder_kubelet.is_real:
-        # The real kubelet, started again by the reset, writes a fresh checkpoint: not the old file.
-        assert medic.exists(CPU_CHECKPOINT) and file_identity(medic, CPU_CHECKPOINT) != checkpoint_before
+        # The real kubelet, started again by the reset, writes a fresh checkpoint (a moment after
+        # it starts, its Node may still show the old Ready): not the old file.
+        medic.wait_for(lambda: medic.exists(CPU_CHECKPOINT), timeout=60, what="kubelet's fresh cpu_manager_state")
+        assert file_identity(medic, CPU_CHECKPOINT) != checkpoint_before
     else:
         assert not medic.exists(CPU_CHECKPOINT)
     # Never: the node's identity, kubelet's own state, a pod's volume, the protected directories.
