@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodemedic.probes.fs import MountInfo, mount_holding, read_mountinfo
+from nodemedic.mounts import MountInfo, mount_holding, read_mountinfo
 
 
 class UnsafeOperation(Exception):

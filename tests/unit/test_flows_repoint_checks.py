@@ -18,7 +18,7 @@ from nodemedic.flows.repoint_checks import (
     inspect_root,
     is_conversion,
 )
-from nodemedic.probes.fs import MountInfo, read_mountinfo
+from nodemedic.mounts import MountInfo, read_mountinfo
 from nodemedic.safety import Guard
 
 ALLOWED = ("ext4", "xfs", "btrfs")

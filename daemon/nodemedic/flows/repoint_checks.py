@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nodemedic.flows import mountunit
 from nodemedic.flows.manifest import Usage
-from nodemedic.probes.fs import MountInfo, mount_for
+from nodemedic.mounts import MountInfo, mount_for
 from nodemedic.safety import Guard, UnsafeOperation
 
 # overlayfs needs an upper filesystem with d_type and trusted.* xattrs, local and persistent.

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodemedic.probes.fs import read_mountinfo
+from nodemedic.mounts import read_mountinfo
 from nodemedic.probes.procs import pids_by_comm
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedy_probes import runtime_ready
