@@ -12,12 +12,14 @@ import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from nodemedic import problems as p
 from nodemedic.config import Settings
 from nodemedic.engine.policy import Gate
 from nodemedic.flows.mirrors_config import doctor_report
 from nodemedic.hostroot import HostRoot
 from nodemedic.probes import containerd_config, containerd_info
 from nodemedic.probes.cri import CriClient, CriError
+from nodemedic.problems import crash_loop_problem
 from nodemedic.repairs import cgroup, cni, imagefs, ingest, sysctl
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedies import REMEDIES
@@ -74,10 +76,10 @@ async def _runtime(ctx: RepairContext) -> list[Finding]:
     try:
         status = await ctx.cri.status()
     except CriError as err:
-        return [Finding("runtime", False, f"CRI at {socket} does not answer: {err}", "runtime-down")]
+        return [Finding("runtime", False, f"CRI at {socket} does not answer: {err}", p.RUNTIME_DOWN)]
     findings = [Finding("runtime", status.runtime_ready, "RuntimeReady" if status.runtime_ready else
                         f"RuntimeReady=false: {status.runtime_reason} {status.runtime_message}".strip(),
-                        "" if status.runtime_ready else "runtime-down")]
+                        "" if status.runtime_ready else p.RUNTIME_DOWN)]
     conf_dir = ctx.node_path(ctx.settings.paths.cni_conf_dir)
     real = cni.real_configs(conf_dir, ctx.settings.cni.placeholder_file)
     placeholder = (conf_dir / ctx.settings.cni.placeholder_file).exists()
@@ -88,10 +90,10 @@ async def _runtime(ctx: RepairContext) -> list[Finding]:
     else:
         configs = ", ".join(p.name for p in real) or "none"
         findings.append(Finding("network", False, f"NetworkReady=false ({status.network_reason}: "
-                                f"{status.network_message}); configs in {conf_dir}: {configs}", "cni-config-missing"))
+                                f"{status.network_message}); configs in {conf_dir}: {configs}", p.CNI_CONFIG_MISSING))
     problem = await imagefs.imagefs_problem(ctx)
     findings.append(Finding("image filesystem", not problem, problem or "capacity > 0",
-                            "imagefs-capacity-zero" if problem else ""))
+                            p.IMAGEFS_CAPACITY_ZERO if problem else ""))
     return findings
 
 
@@ -133,7 +135,7 @@ async def _cgroup_driver(ctx: RepairContext, info: containerd_info.ContainerdInf
     note = info.cgroup_note(kubelet)
     if info.cgroup_driver is None and await cgroup.driver_mismatch(ctx):
         return Finding("cgroup driver", False, f"kubelet is configured for systemd and containerd's runc runs with "
-                       f"cgroupfs; {note}", "cgroup-driver-mismatch")
+                       f"cgroupfs; {note}", p.CGROUP_DRIVER_MISMATCH)
     return Finding("cgroup driver", True, note)
 
 
@@ -149,7 +151,7 @@ def _containerd_root(ctx: RepairContext) -> Finding:
             real = "/" + os.path.relpath(real, ctx.root.base)  # the node's path, as the operator types it
         fix = f"nodemedic repoint {real}" if not exists else "restore its target, then repoint"
         return Finding("containerd root", False, f"{configured} is {kind} to {target}{exists}; kubelet cannot map "
-                       f"it to a device. Fix: {fix}", "imagefs-capacity-zero")
+                       f"it to a device. Fix: {fix}", p.IMAGEFS_CAPACITY_ZERO)
     if not root.exists():
         return Finding("containerd root", True, f"{configured} does not exist yet (containerd creates it)")
     st = root.stat()
@@ -187,7 +189,7 @@ def _snapshot_links(ctx: RepairContext) -> Finding:
         more = f" and {len(dangling) - 3} more" if len(dangling) > 3 else ""
         return Finding("containerd snapshots", False, f"dangling snapshot link(s): {shown}{more}; containers on "
                        "them cannot start. Put the data back where the links point, or move the whole root with "
-                       "nodemedic repoint; never recreate snapshot directories by hand", "snapshot-parent-missing")
+                       "nodemedic repoint; never recreate snapshot directories by hand", p.SNAPSHOT_PARENT_MISSING)
     return Finding("containerd snapshots", True, "no dangling snapshot links")
 
 
@@ -207,7 +209,7 @@ def _host_checks(ctx: RepairContext) -> list[Finding]:
     findings = [_containerd_root(ctx), _snapshot_links(ctx), _registry_mirrors(ctx)]
     stale = ingest.stale_entries(ctx)
     findings.append(Finding("content ingest", not stale, f"{len(stale)} stale partial download(s)" if stale
-                            else "no stale partial downloads", "ingest-stale" if stale else ""))
+                            else "no stale partial downloads", p.INGEST_STALE if stale else ""))
     try:
         low = sysctl.too_low(ctx)
     except OSError as err:
@@ -215,11 +217,11 @@ def _host_checks(ctx: RepairContext) -> list[Finding]:
     else:
         findings.append(Finding("inotify limits", not low, ", ".join(f"{k}={v}" for k, v in low.items())
                                 + " below what containers need" if low else "sufficient",
-                                "inotify-limits" if low else ""))
+                                p.INOTIFY_LIMITS if low else ""))
     swaps = ctx.node_path("/proc/swaps")
     active = swaps.read_text().splitlines()[1:] if swaps.exists() else []
     findings.append(Finding("swap", not active, f"{len(active)} swap device(s) active" if active else "off",
-                            "swap-enabled" if active else ""))
+                            p.SWAP_ENABLED if active else ""))
     return findings
 
 
@@ -230,7 +232,7 @@ async def _units(ctx: RepairContext) -> list[Finding]:
         for unit in ctx.settings.daemon.units:
             state = await ctx.bus.unit_state(unit)
             looping = state.sub_state == "auto-restart"
-            problem = f"{unit.removesuffix('.service')}-crash-loop" if looping else ""
+            problem = crash_loop_problem(unit) if looping else ""
             findings.append(Finding(unit, state.active_state == "active" and not looping,
                                     f"{state.active_state}/{state.sub_state}, {state.n_restarts} restarts"
                                     + (f", result {state.result}" if state.result not in ("", "success") else ""),

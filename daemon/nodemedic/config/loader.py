@@ -14,11 +14,12 @@ from typing import Any
 
 from nodemedic.config.errors import ConfigError, Problem
 from nodemedic.config.files import list_dropins, unreadable
-from nodemedic.config.model import Settings, crash_loop_problem
+from nodemedic.config.model import Settings
 from nodemedic.config.rules import cross_check
 from nodemedic.config.schema import build, check_table
 from nodemedic.config.tomlfile import KeyPath, TomlFile, read_toml
 from nodemedic.hostroot import HOST, HostRoot
+from nodemedic.problems import crash_loop_problem
 
 Warn = Callable[[str], None]
 

@@ -148,12 +148,6 @@ class ProblemSettings:
     attempt_budget: Annotated[int, Count(1, 100)] | None = None
 
 
-def crash_loop_problem(unit: str) -> str:
-    """The problem a crash-looping watched unit raises (detector/conditions.py names it so):
-    `containerd-crash-loop` for containerd.service."""
-    return f"{unit.removesuffix('.service')}-crash-loop"
-
-
 @dataclass(frozen=True)
 class Settings:
     daemon: Daemon

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from nodemedic.probes import containerd_config
 from nodemedic.probes.cri import CriError, ImageFsUsage
 from nodemedic.probes.fs import fs_capacity_or_none
+from nodemedic.problems import IMAGEFS_CAPACITY_ZERO
 from nodemedic.repairs.commands import run
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.step import StepClass
@@ -98,7 +99,7 @@ class WarmUp:
 
     async def apply(self, ctx: RepairContext) -> str:
         if advice := symlinked_root(ctx):
-            log(Kind.HELD_BACK, advice, WARNING, problem="imagefs-capacity-zero", reason="symlinked containerd root")
+            log(Kind.HELD_BACK, advice, WARNING, problem=IMAGEFS_CAPACITY_ZERO, reason="symlinked containerd root")
         address = str(ctx.root.path(ctx.settings.paths.containerd_socket))
         timeout = ctx.settings.policy.step_timeout
         done = []

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from nodemedic.repairs.context import RepairContext
+    from nodemedic.repairs.remedy_probes import Probe
 
 
 class StepClass(StrEnum):
@@ -71,3 +72,5 @@ class Remedy:
     steps: tuple[Step, ...]
     # Why nodemedic only reports this problem, when maintainers say not to touch it.
     report_only: str = ""
+    # The live probe that says the problem is really there now (none: the signature's threshold).
+    confirm: Probe | None = None
