@@ -26,6 +26,8 @@ from nodemedic.detector.decode import Record, decode
 from tests.conftest import REPO
 
 CORPUS_DIR = REPO / "tests" / "corpus"
+# The shipped signatures: this directory is the list of them, no id is written down elsewhere.
+SIGNATURES_DIR = REPO / "etc" / "nodemedic" / "signatures.d"
 # Real containerd start-up output, every line of which must match no signature.
 STARTUP_NEGATIVES = CORPUS_DIR / "containerd-startup-real.log"
 TEXT_FORMATS = {"klog": "klog", "klog-structured": "klog", "logfmt": "logrus", "text": "text"}
@@ -112,6 +114,12 @@ def read_plain(path: Path) -> list[Sample]:
 
 
 def signature_ids() -> list[str]:
+    """Every shipped signature, read off signatures.d (test_corpus checks the corpus directory
+    names the same ones)."""
+    return sorted(p.stem for p in SIGNATURES_DIR.glob("*.toml"))
+
+
+def corpus_ids() -> list[str]:
     return sorted(p.stem for p in CORPUS_DIR.glob("*.log") if p != STARTUP_NEGATIVES)
 
 

@@ -15,6 +15,7 @@ from tests.unit.corpus import (
     RELEASES,
     STARTUP_NEGATIVES,
     Sample,
+    corpus_ids,
     formats_of,
     read_corpus,
     read_plain,
@@ -41,6 +42,7 @@ def _all_samples(signature_id: str) -> list[Sample]:
 
 def test_the_corpus_directory_and_the_catalogue_name_the_same_signatures():
     assert set(signature_ids()) == set(SIGNATURES)
+    assert set(corpus_ids()) == set(SIGNATURES)
 
 
 @pytest.fixture(params=signature_ids(), name="signature")
