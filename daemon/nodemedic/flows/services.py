@@ -6,7 +6,7 @@ from nodemedic.flows.systemd import FlowBus
 from nodemedic.flows.transaction import Transaction
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.imagefs import WarmUp, imagefs_problem
-from nodemedic.repairs.remedy_probes import wait_until
+from nodemedic.repairs.remedy_probes import runtime_ready, wait_until
 
 CONTAINERD = "containerd.service"
 KUBELET = "kubelet.service"
@@ -22,11 +22,6 @@ async def start(bus: FlowBus, tx: Transaction, unit: str, timeout: float) -> Non
     # A failed start leaves a Restart=always unit retrying on its own: undo it with a stop anyway.
     tx.did(f"starting {unit}", lambda: bus.job("StopUnit", unit, timeout))
     await bus.job("StartUnit", unit, timeout)
-
-
-async def runtime_ready(ctx: RepairContext) -> bool:
-    status = await ctx.cri_status()
-    return status is not None and status.runtime_ready
 
 
 async def warm_imagefs(ctx: RepairContext) -> str:

@@ -7,21 +7,14 @@ the daemon needs.
 
 from __future__ import annotations
 
-from nodemedic.sources.systemd_bus import MANAGER, MANAGER_PATH, BusError, SystemdBus
+from nodemedic.sources.systemd_bus import MANAGER, MANAGER_PATH, JobFailed, SystemdBus, run_job
 
-
-class JobFailed(BusError):
-    """systemd ran the job and it did not end in "done", or did not end in time."""
+__all__ = ["FlowBus", "JobFailed"]
 
 
 class FlowBus(SystemdBus):
     async def job(self, verb: str, unit: str, timeout: float) -> None:
-        try:
-            result = await self.unit_job(verb, unit, timeout)
-        except TimeoutError:
-            raise JobFailed(f"{verb} {unit}: no end of the job within {timeout:.0f}s") from None
-        if result != "done":
-            raise JobFailed(f"{verb} {unit}: job {result}")
+        await run_job(self, verb, unit, timeout)
 
     async def reload(self) -> None:
         """daemon-reload; the D-Bus call returns once the manager has re-read its units."""

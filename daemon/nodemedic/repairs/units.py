@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.step import StepClass
-from nodemedic.sources.systemd_bus import BusError
+from nodemedic.sources.systemd_bus import BusError, JobFailed, run_job
 
 Probe = Callable[[RepairContext], Awaitable[bool]]
 
@@ -17,12 +17,26 @@ _DONE = {"StartUnit": "started", "StopUnit": "stopped", "RestartUnit": "restarte
 async def require_job(ctx: RepairContext, verb: str, unit: str) -> str:
     """Start/stop/restart a unit and wait: systemd refusing, or a job that is not "done", raises."""
     try:
-        result = await ctx.bus.unit_job(verb, unit, ctx.settings.policy.step_timeout)
+        await run_job(ctx.bus, verb, unit, ctx.settings.policy.step_timeout)
+    except JobFailed as err:
+        raise RuntimeError(str(err)) from err
     except BusError as err:
         raise RuntimeError(f"systemd refused {verb} {unit}: {err}") from err
-    if result != "done":
-        raise RuntimeError(f"{verb} {unit}: job {result}")
     return f"{_DONE[verb]} {unit}"
+
+
+async def job_left_to_verification(ctx: RepairContext, verb: str, unit: str) -> str:
+    """run_job for a step whose verification judges the unit: a job that ended but not in "done"
+    is reported, not raised, because Restart=always may still bring the unit up within the
+    verification's retries, and the live probe (not the job) says whether the step worked.
+    systemd refusing, or no end in time, still raises."""
+    try:
+        await run_job(ctx.bus, verb, unit, ctx.settings.policy.step_timeout)
+    except JobFailed as err:
+        if not err.result:
+            raise TimeoutError(str(err)) from err
+        return err.result
+    return "done"
 
 
 async def stop_unit(ctx: RepairContext, unit: str) -> str:
@@ -37,7 +51,7 @@ async def start_unit(ctx: RepairContext, unit: str, require: bool = True) -> str
     if require:
         done = await require_job(ctx, "StartUnit", unit)
     else:
-        done = f"start of {unit}: job {await ctx.bus.unit_job('StartUnit', unit, ctx.settings.policy.step_timeout)}"
+        done = f"start of {unit}: job {await job_left_to_verification(ctx, 'StartUnit', unit)}"
     ctx.undo.started(unit)
     return done
 
@@ -59,7 +73,7 @@ class RestartUnit:
 
     async def apply(self, ctx: RepairContext) -> str:
         try:
-            result = await ctx.bus.unit_job("RestartUnit", self.unit, ctx.settings.policy.step_timeout)
+            result = await job_left_to_verification(ctx, "RestartUnit", self.unit)
         except BusError as err:
             raise RuntimeError(f"cannot restart {self.unit}: {err}") from err
         return f"restarted {self.unit}: job {result}"

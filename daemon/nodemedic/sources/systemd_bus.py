@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from dbus_next import BusType, Message, MessageType
 from dbus_next.aio import MessageBus
@@ -23,6 +23,31 @@ PROPERTIES = "org.freedesktop.DBus.Properties"
 
 class BusError(Exception):
     """A D-Bus call failed or the bus went away."""
+
+
+class JobFailed(BusError):
+    """systemd ran the job and it did not end in "done" (`result` says how it ended), or did not
+    end in time (`result` is "")."""
+
+    def __init__(self, message: str, result: str = "") -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class JobRunner(Protocol):
+    async def unit_job(self, verb: str, unit: str, timeout: float) -> str: ...
+
+
+async def run_job(bus: JobRunner, verb: str, unit: str, timeout: float) -> None:
+    """The one way to run a unit job: RestartUnit/StartUnit/StopUnit and wait for it; any end but
+    "done" (failed, timeout, canceled, dependency, skipped) raises JobFailed, as does no end in
+    `timeout`. A caller that leaves the result to a live probe catches JobFailed and says so."""
+    try:
+        result = await bus.unit_job(verb, unit, timeout)
+    except TimeoutError:
+        raise JobFailed(f"{verb} {unit}: no end of the job within {timeout:.0f}s") from None
+    if result != "done":
+        raise JobFailed(f"{verb} {unit}: job {result}", result)
 
 
 class SystemdBus:
