@@ -17,6 +17,7 @@ from pathlib import Path
 from nodemedic.config import Settings
 from nodemedic.hostroot import HostRoot
 from nodemedic.repairs.context import RepairContext
+from nodemedic.repairs.units import job_ending
 from nodemedic.safety import atomic_write, ensure_dir, remove_file
 from nodemedic.sources.systemd_bus import BusError
 
@@ -54,7 +55,7 @@ async def run_in_step_unit(ctx: RepairContext, name: str) -> list[str]:
     remove_file(ctx.guard, result_path(ctx.settings, ctx.root, name))
     unit = STEP_UNIT.format(name)
     try:
-        job = await ctx.bus.unit_job("StartUnit", unit, ctx.settings.policy.step_timeout)
+        job = await job_ending(ctx, "StartUnit", unit)
     except BusError as err:
         raise StepFailed(f"cannot start {unit}: {err}") from err
     done, error = read_result(ctx, name)

@@ -25,11 +25,12 @@ async def require_job(ctx: RepairContext, verb: str, unit: str) -> str:
     return f"{_DONE[verb]} {unit}"
 
 
-async def job_left_to_verification(ctx: RepairContext, verb: str, unit: str) -> str:
-    """run_job for a step whose verification judges the unit: a job that ended but not in "done"
-    is reported, not raised, because Restart=always may still bring the unit up within the
-    verification's retries, and the live probe (not the job) says whether the step worked.
-    systemd refusing, or no end in time, still raises."""
+async def job_ending(ctx: RepairContext, verb: str, unit: str) -> str:
+    """run_job for a caller that weighs a job's end with more than the job: how a job that ended
+    ended ("done", "failed", …); systemd refusing (BusError), or no end in time (TimeoutError),
+    raises. A restart whose verification judges the unit (Restart=always may still bring it up
+    within the verification's retries: the live probe, not the job, says whether the step
+    worked), and a privileged step unit, whose result file says what failed."""
     try:
         await run_job(ctx.bus, verb, unit, ctx.settings.policy.step_timeout)
     except JobFailed as err:
@@ -51,7 +52,7 @@ async def start_unit(ctx: RepairContext, unit: str, require: bool = True) -> str
     if require:
         done = await require_job(ctx, "StartUnit", unit)
     else:
-        done = f"start of {unit}: job {await job_left_to_verification(ctx, 'StartUnit', unit)}"
+        done = f"start of {unit}: job {await job_ending(ctx, 'StartUnit', unit)}"
     ctx.undo.started(unit)
     return done
 
@@ -73,7 +74,7 @@ class RestartUnit:
 
     async def apply(self, ctx: RepairContext) -> str:
         try:
-            result = await job_left_to_verification(ctx, "RestartUnit", self.unit)
+            result = await job_ending(ctx, "RestartUnit", self.unit)
         except BusError as err:
             raise RuntimeError(f"cannot restart {self.unit}: {err}") from err
         return f"restarted {self.unit}: job {result}"
