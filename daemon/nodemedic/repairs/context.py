@@ -8,7 +8,7 @@ from pathlib import Path
 from nodemedic.config import Settings
 from nodemedic.hostroot import HostRoot
 from nodemedic.probes.cri import CriClient, CriError, CriStatus
-from nodemedic.repairs.step import NoUndo, UndoLog
+from nodemedic.repairs.undo import NoUndo, UndoLog
 from nodemedic.safety import Guard
 from nodemedic.sources.systemd_bus import SystemdBus
 from nodemedic.state import EngineState

@@ -6,42 +6,20 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
+# The undo log is the context's (repairs/undo.py); the engine still imports NoUndo from here.
+from nodemedic.repairs.undo import NoUndo
+
 if TYPE_CHECKING:
     from nodemedic.repairs.context import RepairContext
     from nodemedic.repairs.remedy_probes import Probe
+
+__all__ = ["NoUndo", "Remedy", "Step", "StepClass"]
 
 
 class StepClass(StrEnum):
     SAFE = "safe"  # changes nothing that runs
     DISRUPTIVE = "disruptive"  # restarts a unit
     DESTRUCTIVE = "destructive"  # deletes or moves state; opt-in only
-
-
-class UndoLog(Protocol):
-    """How a step records what it must undo if it is interrupted (tuned's unapply is the model).
-
-    The engine persists each entry before the call returns, so the entry is on disk before the
-    step acts; it restores the recorded units when the step fails, times out or the daemon is
-    killed mid-apply (on resume), and before it climbs or gives up."""
-
-    def will_stop(self, unit: str) -> None:
-        """`unit` is about to be stopped; raises when that cannot be recorded (the step then
-        must not stop it)."""
-        ...
-
-    def started(self, unit: str) -> None:
-        """The step started `unit` again itself: nothing to undo for it any more."""
-        ...
-
-
-class NoUndo:
-    """Outside the engine (`nodemedic step`, doctor): nothing restores, nothing is recorded."""
-
-    def will_stop(self, unit: str) -> None:
-        pass
-
-    def started(self, unit: str) -> None:
-        pass
 
 
 class Step(Protocol):
