@@ -19,7 +19,7 @@ import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
 from systemd import journal
 
-from nodemedic.report.journal import Kind
+from nodemedic.journal import Kind
 
 SOCKET = "/run/containerd/containerd.sock"
 T = TypeVar("T")

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nodemedic.doctor import plan_for
+from nodemedic.journal import NOTICE, Kind, log
 from nodemedic.repairs.remedies import REMEDIES
 from nodemedic.report.dbus_api import RefusedError
-from nodemedic.report.journal import NOTICE, Kind, log
 
 if TYPE_CHECKING:  # the daemon holds the controller; the type only, to avoid a cycle
     from nodemedic.daemon import Daemon

@@ -24,11 +24,11 @@ from nodemedic.engine.fleet import FleetGate
 from nodemedic.engine.reporting import Fanout
 from nodemedic.engine.tidy import Tidier
 from nodemedic.hostroot import HostRoot
+from nodemedic.journal import ERR, INFO, WARNING, Kind, log
 from nodemedic.probes.cri import CriClient
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedies import CONFIRMS, CONTAINERD, REMEDIES
 from nodemedic.report.dbus_api import ApiServer
-from nodemedic.report.journal import ERR, INFO, WARNING, Kind, log
 from nodemedic.report.metrics import Metrics, MetricsReporter
 from nodemedic.report.notify import notify, watchdog_interval
 from nodemedic.report.reporters import assemble

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from nodemedic.report.journal import Kind
+from nodemedic.journal import Kind
 from tests.node.testbed.node import NODE_PYTHON, REPO_ROOT, Node
 
 POLICY = "/etc/dbus-1/system.d/org.nodemedic1.conf"

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from nodemedic.report.journal import Kind
+from nodemedic.journal import Kind
 from tests.node.medic import cli, media_checksums, nodemedic_entries, start_nodemedic, wait_for_kind
 from tests.node.testbed import faults
 from tests.node.testbed.node import Node

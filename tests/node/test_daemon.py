@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nodemedic.report.journal import Kind
+from nodemedic.journal import Kind
 from tests.node.medic import CNI_DIR, empty_cni_dir, nodemedic_entries, phase, start_nodemedic, wait_healed
 from tests.node.testbed.node import Node
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from nodemedic.report.journal import Kind
+from nodemedic.journal import Kind
 from tests.node.medic import (
     CNI_DIR,
     STATE,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from nodemedic.report.journal import Kind
+from nodemedic.journal import Kind
 from tests.node.testbed.node import Node
 from tests.unit.test_flows_join import standin_text
 

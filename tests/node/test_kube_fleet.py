@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from nodemedic.report.journal import Kind
+from nodemedic.journal import Kind
 from tests.node.medic import cli, nodemedic_entries, phase, start_nodemedic, wait_for_kind
 from tests.node.testbed import faults, image
 from tests.node.testbed.kube_cp import ControlPlane, kubeconfig_text

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodemedic.report.journal import Kind
+from nodemedic.journal import Kind
 from tests.node.medic import (
     CNI_DIR,
     cri_info,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from nodemedic.journal import Kind
 from nodemedic.probes.cri import CriCallFailed
-from nodemedic.report.journal import Kind
 from tests.node.medic import (
     cli,
     cri_info,

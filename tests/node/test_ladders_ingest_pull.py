@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from nodemedic.report.journal import Kind
+from nodemedic.journal import Kind
 from tests.node.medic import media_checksums, nodemedic_entries, start_nodemedic, steps_started, wait_healed
 from tests.node.testbed import faults, images
 from tests.node.testbed.node import NODE_PYTHON, Node

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from nodemedic.report.journal import Kind
+from nodemedic.journal import Kind
 from tests.node.test_ladders_ingest_pull import cri_images
 from tests.node.testbed import images
 from tests.node.testbed.node import Node

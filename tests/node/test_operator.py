@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from nodemedic.report.journal import Kind
+from nodemedic.journal import Kind
 from tests.node.medic import CNI_DIR, empty_cni_dir, nodemedic_entries, start_nodemedic, wait_healed
 from tests.node.testbed.node import Node
 

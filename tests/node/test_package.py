@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from nodemedic.report.journal import Kind
+from nodemedic.journal import Kind
 from tests.node.testbed import faults
 from tests.node.testbed.node import Node, boot_node
 from tests.node.testbed.stacks import Stack

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from nodemedic.report.journal import Kind
+from nodemedic.journal import Kind
 from tests.node.testbed.node import Node
 
 ROOT = "/var/lib/containerd"

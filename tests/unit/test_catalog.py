@@ -1,6 +1,6 @@
 import re
 
-from nodemedic.report.journal import Kind
+from nodemedic.journal import Kind
 from tests.conftest import REPO
 
 

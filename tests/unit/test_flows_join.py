@@ -23,8 +23,8 @@ from nodemedic.flows.join_preflight import Check
 from nodemedic.flows.masking import Masker
 from nodemedic.flows.report import FlowReport
 from nodemedic.hostroot import HostRoot
+from nodemedic.journal import Kind
 from nodemedic.repairs.context import RepairContext
-from nodemedic.report.journal import Kind
 from nodemedic.safety import Guard
 from nodemedic.state import EngineState
 from tests.unit.helpers import write

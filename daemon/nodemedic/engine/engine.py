@@ -18,10 +18,10 @@ from nodemedic.detector.detector import Suspicion
 from nodemedic.engine.fleet import FleetGate
 from nodemedic.engine.policy import Gate
 from nodemedic.engine.reporting import Fanout, StepFinished, Transition
+from nodemedic.journal import ERR, NOTICE, WARNING, Kind, log
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedies import Probe
 from nodemedic.repairs.step import NoUndo, Remedy, Step, StepClass
-from nodemedic.report.journal import ERR, NOTICE, WARNING, Kind, log
 from nodemedic.safety import UnsafeOperation
 from nodemedic.state import Phase, ProblemRecord, StateStore
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from nodemedic.report.journal import ERR, NOTICE, Kind, log
+from nodemedic.journal import ERR, NOTICE, Kind, log
 from nodemedic.state import Phase, ProblemRecord
 
 

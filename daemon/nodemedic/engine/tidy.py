@@ -13,9 +13,9 @@ from typing import Protocol
 
 from nodemedic.detector.conditions.base import Tidy
 from nodemedic.engine.engine import Engine
+from nodemedic.journal import NOTICE, Kind, log
 from nodemedic.repairs import cni
 from nodemedic.repairs.context import RepairContext
-from nodemedic.report.journal import NOTICE, Kind, log
 from nodemedic.state import EngineState
 
 

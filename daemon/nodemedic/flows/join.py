@@ -31,10 +31,10 @@ from nodemedic.flows.report import FlowReport
 from nodemedic.flows.services import CONTAINERD, KUBELET
 from nodemedic.flows.systemd import FlowBus
 from nodemedic.hostroot import HostRoot
+from nodemedic.journal import ERR, NOTICE, WARNING, Kind
 from nodemedic.probes.cri import CriClient
 from nodemedic.repairs.commands import child_environment
 from nodemedic.repairs.context import RepairContext
-from nodemedic.report.journal import ERR, NOTICE, WARNING, Kind
 from nodemedic.safety import Guard
 from nodemedic.state import EngineState
 

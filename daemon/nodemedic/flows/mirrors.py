@@ -46,9 +46,9 @@ from nodemedic.flows.services import CONTAINERD
 from nodemedic.flows.systemd import FlowBus
 from nodemedic.flows.transaction import Transaction, failure_reason
 from nodemedic.hostroot import HostRoot
+from nodemedic.journal import ERR, NOTICE, WARNING, Kind
 from nodemedic.probes.cri import CriError
 from nodemedic.repairs.remedy_probes import wait_until
-from nodemedic.report.journal import ERR, NOTICE, WARNING, Kind
 from nodemedic.safety import Guard, UnsafeOperation, atomic_write, ensure_dir, remove_file
 
 PULL_TIMEOUT = 300.0  # a first pull of a real image through a slow mirror

@@ -39,11 +39,11 @@ from nodemedic.flows.services import CONTAINERD, KUBELET, start, stop, warm_imag
 from nodemedic.flows.systemd import FlowBus
 from nodemedic.flows.transaction import Transaction, failure_reason
 from nodemedic.hostroot import HostRoot
+from nodemedic.journal import ERR, NOTICE, WARNING, Kind
 from nodemedic.mounts import read_mountinfo
 from nodemedic.probes.cri import CriClient, CriError
 from nodemedic.repairs.containerd_root import running_shims
 from nodemedic.repairs.context import RepairContext
-from nodemedic.report.journal import ERR, NOTICE, WARNING, Kind
 from nodemedic.safety import Guard, atomic_write, ensure_dir, remove_file, remove_tree
 from nodemedic.sources.systemd_bus import BusError
 from nodemedic.state import EngineState

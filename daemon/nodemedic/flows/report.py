@@ -8,7 +8,7 @@ import sys
 from typing import TextIO
 
 from nodemedic.flows.masking import Masker
-from nodemedic.report.journal import INFO, Kind, log
+from nodemedic.journal import INFO, Kind, log
 from nodemedic.report.notify import notify
 
 

@@ -18,9 +18,9 @@ from dbus_next import Message, MessageType
 from dbus_next.aio import MessageBus
 from dbus_next.constants import RequestNameReply
 
+from nodemedic.journal import INFO, Kind, log
 from nodemedic.kube.slot_bus import BUS_NAME, OBJECT_PATH, KubeInterface
 from nodemedic.kube.slots import Conflict, Forbidden, LeaseRecord, Slots, Unreachable
-from nodemedic.report.journal import INFO, Kind, log
 
 DAEMON_BUS_NAME = "org.nodemedic1"  # the repair daemon's name (report/dbus_api.py)
 

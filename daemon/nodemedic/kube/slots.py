@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from nodemedic.report.journal import NOTICE, WARNING, Kind, log
+from nodemedic.journal import NOTICE, WARNING, Kind, log
 
 PREFIX = "nodemedic-slot-"
 # A refused daemon asks again at least every minute (engine/fleet.py's backoff); one that has

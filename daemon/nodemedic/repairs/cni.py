@@ -12,10 +12,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodemedic.journal import NOTICE, Kind, log
 from nodemedic.probes.cni_dir import real_configs
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.step import StepClass
-from nodemedic.report.journal import NOTICE, Kind, log
 from nodemedic.safety import atomic_write, ensure_dir, remove_file
 
 # A bridge of our own: never `cni0`, which flannel and the bridge plugin own.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from nodemedic.journal import WARNING, Kind, log
 from nodemedic.probes import containerd_config
 from nodemedic.probes.cri import CriError, ImageFsUsage
 from nodemedic.probes.fs import fs_capacity_or_none
@@ -24,7 +25,6 @@ from nodemedic.problems import IMAGEFS_CAPACITY_ZERO
 from nodemedic.repairs.commands import run
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.step import StepClass
-from nodemedic.report.journal import WARNING, Kind, log
 
 CTR = "ctr"
 K8S_NAMESPACE = "k8s.io"

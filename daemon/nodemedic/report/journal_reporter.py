@@ -1,10 +1,10 @@
 """The journal reporter: one structured entry per reported transition and per finished step
-(MESSAGE_IDs in report/journal.py, explained in units/nodemedic.catalog)."""
+(MESSAGE_IDs in nodemedic/journal.py, explained in units/nodemedic.catalog)."""
 
 from __future__ import annotations
 
 from nodemedic.engine.reporting import StepFinished, Transition
-from nodemedic.report.journal import INFO, WARNING, Kind, log
+from nodemedic.journal import INFO, WARNING, Kind, log
 from nodemedic.state import ProblemRecord
 
 

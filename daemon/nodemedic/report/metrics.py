@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 
 from nodemedic.engine.reporting import StepFinished, Transition
-from nodemedic.report.journal import WARNING, Kind, log
+from nodemedic.journal import WARNING, Kind, log
 from nodemedic.safety import Guard, UnsafeOperation, atomic_write, ensure_dir
 from nodemedic.state import Phase, ProblemRecord
 

@@ -11,7 +11,7 @@ from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from nodemedic.repairs.cni import CNI_SUFFIXES
+from nodemedic.probes.cni_dir import CNI_SUFFIXES
 from nodemedic.repairs.context import RepairContext
 
 SUBNET_ENV = "/run/flannel/subnet.env"
