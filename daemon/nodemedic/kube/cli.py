@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nodemedic.hostroot import HostRoot
 
@@ -16,22 +16,56 @@ if TYPE_CHECKING:  # run.py imports dbus-next: only for the commands that need i
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
-def _settings(args: argparse.Namespace) -> tuple[bool, KubeSettings]:
+def _load(args: argparse.Namespace) -> tuple[Any, KubeSettings]:
     from nodemedic.config import load_config
     from nodemedic.kube.run import KubeSettings, default_node_name
 
     root = HostRoot(Path(args.root)) if args.root else HostRoot()
-    k = load_config(root, lambda msg: print(f"nodemedic: warning: {msg}", file=sys.stderr)).settings.kubernetes
+    settings = load_config(root, lambda msg: print(f"nodemedic: warning: {msg}", file=sys.stderr)).settings
+    k = settings.kubernetes
     kubeconfig = args.kubeconfig or k.kubeconfig
     node = args.node_name or k.node_name or default_node_name()
-    return k.enabled, KubeSettings(str(root.path(kubeconfig)), node, k.handoff)
+    return settings, KubeSettings(str(root.path(kubeconfig)), node, k.handoff)
+
+
+def _settings(args: argparse.Namespace) -> tuple[bool, KubeSettings]:
+    settings, kube = _load(args)
+    return settings.kubernetes.enabled, kube
+
+
+async def _fleet(settings: Any, kube: KubeSettings) -> None:
+    """The fleet guard (nodemedic/kube/fleet.py) on this process's loop, with the same
+    credentials; without usable ones it holds every disruptive step and says why."""
+    from dbus_next import BusType
+    from dbus_next.aio import MessageBus
+
+    from nodemedic.kube.api import Api, KubeconfigError, load_kubeconfig
+    from nodemedic.kube.fleet import serve_fleet
+
+    try:
+        client: Api | None = Api(load_kubeconfig(kube.kubeconfig))
+    except KubeconfigError:
+        client = None
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    await serve_fleet(bus, client, settings, me=kube.node_name)
+
+
+async def _run_all(settings: Any, kube: KubeSettings, conditions: bool) -> None:
+    from nodemedic.kube.run import KubeSide
+
+    jobs = [KubeSide(kube).run()] if conditions else []
+    if settings.fleet.enabled:
+        jobs.append(_fleet(settings, kube))
+    # One failing ends the process (Restart=on-failure): the guard must not vanish silently.
+    await asyncio.gather(*jobs)
 
 
 def cmd_kube_run(args: argparse.Namespace) -> int:
     from nodemedic.kube.api import ApiStatus, ApiUnreachable, KubeconfigError
-    from nodemedic.kube.run import KubeSide, purge
+    from nodemedic.kube.run import purge
 
-    enabled, settings = _settings(args)
+    full, settings = _load(args)
+    enabled = full.kubernetes.enabled
     if not enabled:
         # Turned off: take nodemedic's conditions off the Node (no one else's), then stop.
         try:
@@ -39,9 +73,9 @@ def cmd_kube_run(args: argparse.Namespace) -> int:
         except (ApiStatus, ApiUnreachable, KubeconfigError) as err:
             print(f"nodemedic: kubernetes.enabled is false; could not remove nodemedic's conditions: {err}",
                   file=sys.stderr)
-        return EXIT_OK
-    # The fleet guard (nodemedic/kube/fleet.py, serve_fleet) joins this loop once it is on main.
-    asyncio.run(KubeSide(settings).run())
+        if not full.fleet.enabled:
+            return EXIT_OK
+    asyncio.run(_run_all(full, settings, conditions=enabled))
     return EXIT_OK
 
 
