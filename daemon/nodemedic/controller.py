@@ -6,10 +6,12 @@ the operator, and both act through the engine.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 from nodemedic.doctor import plan_for
 from nodemedic.journal import NOTICE, Kind, log
+from nodemedic.problems import problem_class
 from nodemedic.repairs.remedies import REMEDIES
 from nodemedic.report.dbus_api import RefusedError
 
@@ -40,6 +42,23 @@ class Controller:
     def api_problems(self) -> list[list[object]]:
         return [[r.problem, r.phase.value, r.step_name, r.attempts, int(r.last_change), r.detail]
                 for r in sorted(self.daemon.ctx.state.problems.values(), key=lambda r: r.problem)]
+
+    def api_details(self) -> str:
+        """Problems() with what a Node condition's message says: class, step i of n, attempts
+        and budget (JSON, read by nodemedic-kube.service)."""
+        daemon = self.daemon
+        settings = daemon.ctx.settings
+        details = []
+        for r in sorted(daemon.ctx.state.problems.values(), key=lambda r: r.problem):
+            remedy = REMEDIES.get(r.problem)
+            details.append({
+                "problem": r.problem, "class": problem_class(r.problem).value, "phase": r.phase.value,
+                "step": r.step_name, "step_index": r.step + 1 if r.step_name else 0,
+                "steps": len(remedy.steps) if remedy is not None else 0,
+                "attempts": r.attempts, "budget": settings.attempt_budget(r.problem),
+                "last_change": r.last_change, "detail": r.detail,
+            })
+        return json.dumps({"paused": daemon.engine.gate.paused, "problems": details})
 
     def api_pause(self) -> None:
         # Kept in state.json: a daemon restarted (SIGKILL, a repoint or join flow's restart) is
