@@ -94,7 +94,8 @@ class NodemedicInterface(ServiceInterface):
     def Details(self) -> "s":  # noqa: F821, N802
         # What the cluster side (nodemedic-kube.service) needs beyond Problems: each problem's
         # class, step i of n, attempts and budget, as one JSON text, so that adding a field
-        # never changes this D-Bus signature. Read-only; the bus policy lets its user call it.
+        # never changes this D-Bus signature. Read-only, yet root's only (as every method but
+        # Plan): nodemedic-kube.service runs as root without capabilities.
         return self.daemon.api_details()
 
     @signal()
