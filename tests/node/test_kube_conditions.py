@@ -10,6 +10,7 @@ that was True for a moment is seen too.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -109,6 +110,8 @@ def kube_medic(node: Node, kubelet: Kubelet) -> Iterator[tuple[Node, ControlPlan
         yield node, cp, watch
     finally:
         watch.close()
+        print(node.run(["journalctl", "-o", "short-precise", "--no-pager", "-u", KUBE_UNIT], check=False).stdout,
+              file=sys.stderr)
         node.systemctl("stop", KUBE_UNIT, "nodemedic.service", check=False)
         node.run(["rm", "-f", "/etc/nodemedic/conf.d/60-kube.toml"])
 

@@ -80,7 +80,8 @@ class KubeSide:
     daemon_present: bool = False
     pending: deque[Transition] = field(default_factory=lambda: deque(maxlen=PENDING_EVENTS))
     last_sent: float = 0.0
-    outage: Outage = field(default_factory=Outage)
+    outage: Outage = field(default_factory=Outage)  # the API server (and the kubeconfig)
+    bus_outage: Outage = field(default_factory=Outage)  # the system bus: its own, not the API's
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     bus: MessageBus | None = None
 
@@ -105,11 +106,12 @@ class KubeSide:
                                            interface="org.freedesktop.DBus", member="AddMatch", signature="s",
                                            body=[rule]))
                 self.bus = bus
+                self.bus_outage.over()
                 self.wake.set()  # read the daemon's state now that signals cannot be missed
                 delay = RETRY_MIN
                 await bus.wait_for_disconnect()
             except (OSError, EOFError) as err:
-                self.outage.trouble(f"system bus unavailable: {err}")
+                self.bus_outage.trouble(f"system bus unavailable: {err}")
             self.bus = None
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
