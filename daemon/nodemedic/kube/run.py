@@ -14,7 +14,7 @@ import json
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dbus_next import BusType, Message, MessageType
@@ -198,10 +198,13 @@ class KubeSide:
                 continue
             reason, type_ = reason_type
             view = by_problem.get(t.problem)
-            if t.state == "healed" or view is None or view.phase != t.state:
+            if t.state == "healed" or view is None:
                 state = f"{t.problem} {t.state}"
             else:
-                state = view.state()
+                # Details() is read after the signal and may be a step further (a placeholder
+                # heals within a second); the record keeps the step being or last run, which
+                # is the one this transition started.
+                state = replace(view, phase=t.state).state()
             message = events.message_for(t.problem, state)
             action = self.recorder.record(reason, type_, message, t.at)
             if action is None:
