@@ -24,7 +24,7 @@ from nodemedic.kube import conditions, events
 from nodemedic.kube.api import Api, ApiStatus, ApiUnreachable, KubeconfigError, load_kubeconfig
 from nodemedic.kube.conditions import ProblemView
 from nodemedic.report.dbus_api import BUS_NAME, INTERFACE, OBJECT_PATH
-from nodemedic.report.journal import NOTICE, WARNING, Kind, log
+from nodemedic.report.journal import DEBUG, NOTICE, WARNING, Kind, log
 
 HEARTBEAT = 240.0  # a condition's lastHeartbeatTime is never older than this while all is well
 RETRY_MIN, RETRY_MAX = 1.0, 30.0
@@ -86,6 +86,7 @@ class KubeSide:
     bus: MessageBus | None = None
 
     def __post_init__(self) -> None:
+        self.signalled = 0.0  # when the daemon's last ProblemChanged arrived (monotonic)
         self.recorder = events.Recorder(self.settings.node_name)
         self.host = self.settings.node_name
         self._dropped_said = 0
@@ -121,6 +122,7 @@ class KubeSide:
             return False
         if message.member == "ProblemChanged" and message.interface == INTERFACE and len(message.body) == 2:
             self.pending.append(Transition(str(message.body[0]), str(message.body[1]), time.time()))
+            self.signalled = time.monotonic()
             self.wake.set()
         elif message.member == "NameOwnerChanged":
             self.wake.set()  # the daemon started or stopped: read it again
@@ -167,7 +169,9 @@ class KubeSide:
     async def sync(self) -> bool:
         """One round: the daemon's view to the Node. True when everything is in step."""
         api = self._client()
+        started = time.monotonic()
         await self.read_daemon()
+        read = time.monotonic()
         if not await self._node(api):
             return False
         assert self.node_conditions is not None
@@ -183,6 +187,10 @@ class KubeSide:
                     self.node_uid = self.node_conditions = None
                 raise
             self.last_sent = now
+            done = time.monotonic()
+            log(Kind.KUBE_SENT, f"cluster side: Node conditions sent ({len(body['status']['conditions'])} changed)",
+                DEBUG, details_ms=f"{(read - started) * 1000:.1f}", patch_ms=f"{(done - read) * 1000:.1f}",
+                since_signal_ms=f"{(done - self.signalled) * 1000:.1f}" if self.signalled else None)
         elif heartbeat:
             self.last_sent = now
         await self.send_events(api)

@@ -64,6 +64,7 @@ class Kind(Enum):
     MIRRORS_ROLLBACK_INCOMPLETE = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f65"
     KUBE_TROUBLE = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5fa0"
     KUBE_RECOVERED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5fa1"
+    KUBE_SENT = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5fa2"
 
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
