@@ -205,3 +205,29 @@ def test_purge_removes_nodemedics_conditions_only(kube_medic) -> None:
     assert not set(OURS) & set(after), after
     assert set(after) == set(before) - set(OURS)  # the kubelet's own are all still there
     assert after["Ready"] == before["Ready"] or after["Ready"]["type"] == "Ready"
+
+
+def test_turned_off_it_removes_its_conditions_and_stops(kube_medic) -> None:
+    node, cp, _watch = kube_medic
+    node.systemctl("start", KUBE_UNIT)  # enabled again: its conditions come back
+    node.wait_for(lambda: set(OURS) <= set(conditions(cp, node.name)), timeout=60, what="conditions back")
+    node.write_file("/etc/nodemedic/conf.d/70-off.toml", "[kubernetes]\nenabled = false\n")
+    try:
+        node.systemctl("restart", KUBE_UNIT)
+        node.wait_for(lambda: not set(OURS) & set(conditions(cp, node.name)), timeout=60, what="conditions removed")
+        node.wait_for(lambda: node.unit_state(KUBE_UNIT).active_state == "inactive", timeout=30,
+                      what="the unit done, not failed")
+        assert "Ready" in conditions(cp, node.name)
+    finally:
+        node.run(["rm", "-f", "/etc/nodemedic/conf.d/70-off.toml"])
+
+
+def test_kube_check_with_the_kubelets_credentials(kube_medic) -> None:
+    """The kubelet's kubeconfig: conditions and Events work, the fleet guard's Leases do not."""
+    node, _cp, _watch = kube_medic
+    result = node.run(["nodemedic", "kube", "check"], check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "conditions: will work" in result.stdout and "events: will work" in result.stdout
+    assert "yes  patch nodes/status" in result.stdout
+    assert "fleet guard: will NOT work" in result.stdout
+    assert "NO   create leases.coordination.k8s.io in nodemedic" in result.stdout

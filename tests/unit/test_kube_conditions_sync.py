@@ -98,3 +98,23 @@ def test_transitions_during_an_outage_are_sent_after_it(said: list[str]) -> None
     assert net["status"] == "True" and net["reason"] == "CniConfigMissing"
     assert [e["reason"] for e in api.events] == ["ProblemExhausted"]
     assert api.events[0]["involvedObject"]["uid"] == "u1"
+
+
+def test_a_problem_healed_before_details_is_read_still_shows_true_first(said: list[str]) -> None:
+    api = ApiStandin()
+    api.node_obj = {"metadata": {"uid": "u1"}, "status": {"conditions": []}}
+    s = side(api)
+    assert asyncio.run(s.sync())
+    api.patches.clear()
+    # Both signals arrived; Details() (read now) already says healed.
+    s.problems = [ProblemView("cni-config-missing", ProblemClass.NETWORK, "healed", step="cni-placeholder",
+                              step_index=1, steps=2, attempts=1, budget=3)]
+    for state in ("confirmed", "repairing", "healed"):
+        s.unshown.append(kube_run.Transition("cni-config-missing", state, 1.0))
+    s.read_daemon = lambda: asyncio.sleep(0)  # type: ignore[method-assign]  # no bus here: keep s.problems
+    assert asyncio.run(s.sync())
+    shown = [next(c for c in p["status"]["conditions"] if c["type"] == "ContainerNetworkProblem")
+             for p in api.patches]
+    assert [(c["status"], c["reason"]) for c in shown] == [
+        ("True", "CniConfigMissing"), ("True", "CniConfigMissing"), ("False", "ContainerNetworkIsHealthy")]
+    assert "step 1 of 2 (cni-placeholder)" in shown[1]["message"]

@@ -23,6 +23,7 @@ from dbus_next.aio import MessageBus
 from nodemedic.kube import conditions, events
 from nodemedic.kube.api import Api, ApiStatus, ApiUnreachable, KubeconfigError, load_kubeconfig
 from nodemedic.kube.conditions import ProblemView
+from nodemedic.problems import problem_class
 from nodemedic.report.dbus_api import BUS_NAME, INTERFACE, OBJECT_PATH
 from nodemedic.report.journal import DEBUG, NOTICE, WARNING, Kind, log
 
@@ -78,7 +79,8 @@ class KubeSide:
     node_conditions: list[dict[str, Any]] | None = None
     problems: list[ProblemView] = field(default_factory=list)
     daemon_present: bool = False
-    pending: deque[Transition] = field(default_factory=lambda: deque(maxlen=PENDING_EVENTS))
+    pending: deque[Transition] = field(default_factory=lambda: deque(maxlen=PENDING_EVENTS))  # for Events
+    unshown: deque[Transition] = field(default_factory=lambda: deque(maxlen=PENDING_EVENTS))  # for conditions
     last_sent: float = 0.0
     outage: Outage = field(default_factory=Outage)  # the API server (and the kubeconfig)
     bus_outage: Outage = field(default_factory=Outage)  # the system bus: its own, not the API's
@@ -121,7 +123,9 @@ class KubeSide:
         if message.message_type != MessageType.SIGNAL:
             return False
         if message.member == "ProblemChanged" and message.interface == INTERFACE and len(message.body) == 2:
-            self.pending.append(Transition(str(message.body[0]), str(message.body[1]), time.time()))
+            transition = Transition(str(message.body[0]), str(message.body[1]), time.time())
+            self.pending.append(transition)
+            self.unshown.append(transition)
             self.signalled = time.monotonic()
             self.wake.set()
         elif message.member == "NameOwnerChanged":
@@ -174,27 +178,47 @@ class KubeSide:
         read = time.monotonic()
         if not await self._node(api):
             return False
-        assert self.node_conditions is not None
+        # Every transition shows on the Node, in order, even one Details() is already past: the
+        # daemon, busy with the step, may answer only after a placeholder healed in 30 ms, and
+        # a problem confirmed and healed must still be seen (a watch, `kubectl get -w`).
+        while self.unshown:
+            await self._send(api, self._as_of(self.unshown[0]), False, started, read)
+            self.unshown.popleft()
         now = time.time()
         heartbeat = self.daemon_present and now - self.last_sent >= HEARTBEAT
-        want = conditions.wanted(self.problems, self.settings.handoff)
-        body = conditions.patch(self.node_conditions, want, events.rfc3339(now), heartbeat)
-        if body is not None:
-            try:
-                self._seen(await api.patch_node_status(self.settings.node_name, body))
-            except ApiStatus as err:
-                if err.status == 404:  # the Node was deleted: wait for it to come back
-                    self.node_uid = self.node_conditions = None
-                raise
-            self.last_sent = now
-            done = time.monotonic()
-            log(Kind.KUBE_SENT, f"cluster side: Node conditions sent ({len(body['status']['conditions'])} changed)",
-                DEBUG, details_ms=f"{(read - started) * 1000:.1f}", patch_ms=f"{(done - read) * 1000:.1f}",
-                since_signal_ms=f"{(done - self.signalled) * 1000:.1f}" if self.signalled else None)
-        elif heartbeat:
-            self.last_sent = now
+        await self._send(api, self.problems, heartbeat, started, read)
         await self.send_events(api)
         return True
+
+    def _as_of(self, t: Transition) -> list[ProblemView]:
+        """The daemon's problems as they were at transition `t`: Details() with t's phase."""
+        views = [p for p in self.problems if p.problem != t.problem]
+        mine = next((p for p in self.problems if p.problem == t.problem), None)
+        views.append(replace(mine, phase=t.state) if mine is not None
+                     else ProblemView(t.problem, problem_class(t.problem), t.state))
+        return views
+
+    async def _send(self, api: Api, problems: list[ProblemView], heartbeat: bool, started: float,
+                    read: float) -> None:
+        assert self.node_conditions is not None
+        now = time.time()
+        want = conditions.wanted(problems, self.settings.handoff)
+        body = conditions.patch(self.node_conditions, want, events.rfc3339(now), heartbeat)
+        if body is None:
+            if heartbeat:
+                self.last_sent = now
+            return
+        try:
+            self._seen(await api.patch_node_status(self.settings.node_name, body))
+        except ApiStatus as err:
+            if err.status == 404:  # the Node was deleted: wait for it to come back
+                self.node_uid = self.node_conditions = None
+            raise
+        self.last_sent = now
+        done = time.monotonic()
+        log(Kind.KUBE_SENT, f"cluster side: Node conditions sent ({len(body['status']['conditions'])} changed)",
+            DEBUG, details_ms=f"{(read - started) * 1000:.1f}", patch_ms=f"{(done - read) * 1000:.1f}",
+            since_signal_ms=f"{(done - self.signalled) * 1000:.1f}" if self.signalled else None)
 
     async def send_events(self, api: Api) -> None:
         by_problem = {p.problem: p for p in self.problems}
@@ -246,6 +270,9 @@ class KubeSide:
                 except (ApiUnreachable, ApiStatus, KubeconfigError) as err:
                     if isinstance(err, KubeconfigError):
                         self.api = None  # read it again next time: it may have been fixed
+                    # After an outage the Node gets the daemon's state as it is then, not a
+                    # replay of every step in between (the Events still tell them).
+                    self.unshown.clear()
                     self.outage.trouble(str(err))
                     in_step = False
                 if in_step:
