@@ -21,6 +21,7 @@ from nodemedic.durations import format_duration
 from nodemedic.flows import commands as flow_commands
 from nodemedic.flows import mirrors_cli
 from nodemedic.hostroot import HostRoot
+from nodemedic.kube import cli as kube_cli
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -368,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     flow_commands.add_parsers(sub)
     mirrors_cli.add_parsers(sub)
+    kube_cli.add_parsers(sub)
 
     p = sub.add_parser("reload", help="reload the daemon's configuration and wait for the outcome "
                                       "(what systemctl reload runs)")

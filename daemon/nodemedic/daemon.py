@@ -7,6 +7,7 @@ loop sleeps until the journal, D-Bus or inotify has something, or the watchdog i
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import stat
@@ -24,6 +25,7 @@ from nodemedic.engine.engine import Engine
 from nodemedic.engine.fleet import FleetGate
 from nodemedic.hostroot import HostRoot
 from nodemedic.probes.cri import CriClient
+from nodemedic.problems import problem_class
 from nodemedic.repairs import cni
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.ingest import INGEST
@@ -299,6 +301,22 @@ class Daemon:
     def api_problems(self) -> list[list[object]]:
         return [[r.problem, r.phase.value, r.step_name, r.attempts, int(r.last_change), r.detail]
                 for r in sorted(self.ctx.state.problems.values(), key=lambda r: r.problem)]
+
+    def api_details(self) -> str:
+        """Problems() with what a Node condition's message says: class, step i of n, attempts
+        and budget (JSON, read by nodemedic-kube.service)."""
+        settings = self.ctx.settings
+        details = []
+        for r in sorted(self.ctx.state.problems.values(), key=lambda r: r.problem):
+            remedy = REMEDIES.get(r.problem)
+            details.append({
+                "problem": r.problem, "class": problem_class(r.problem).value, "phase": r.phase.value,
+                "step": r.step_name, "step_index": r.step + 1 if r.step_name else 0,
+                "steps": len(remedy.steps) if remedy is not None else 0,
+                "attempts": r.attempts, "budget": settings.attempt_budget(r.problem),
+                "last_change": r.last_change, "detail": r.detail,
+            })
+        return json.dumps({"paused": self.engine.gate.paused, "problems": details})
 
     def api_pause(self) -> None:
         # Kept in state.json: a daemon restarted (SIGKILL, a repoint or join flow's restart) is

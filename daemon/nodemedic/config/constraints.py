@@ -153,4 +153,7 @@ def ip_network(value: str) -> None:
 
 # systemd's unit name rules, restricted to the types a node's components run as.
 UNIT_NAME = Matches(r"[A-Za-z0-9:_.@\\-]+\.(?:service|scope|socket|mount|timer)", "a systemd unit name")
+# A Node's name is a DNS subdomain (RFC 1123, lower case, at most 253); "" = the hostname.
+NODE_NAME = Matches(r"(?:[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?)?",
+                    "a Kubernetes node name (lower-case DNS subdomain) or \"\"")
 FILESYSTEM_TYPE = Matches(r"[a-z0-9][a-z0-9_.]*", "a filesystem type such as 'ext4'")

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from nodemedic.config.constraints import (
     FILESYSTEM_TYPE,
+    NODE_NAME,
     UNIT_NAME,
     AbsolutePath,
     Count,
@@ -101,6 +102,21 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class Kubernetes:
+    """The cluster side (nodemedic-kube.service): Node conditions and Events. The repair daemon
+    itself never reads these: it stays off the network."""
+
+    enabled: bool
+    # The kubelet's own is enough for conditions and Events (docs/kubernetes.md).
+    kubeconfig: AbsPath
+    # "" = the hostname, lower-cased: what the kubelet registers without --hostname-override.
+    node_name: Annotated[str, NODE_NAME]
+    # EKS-convention ContainerRuntimeReady/NetworkingReady/StorageReady False once a problem is
+    # exhausted, for the fleet's node replacers. Off: replacing nodes is the fleet's decision.
+    handoff: bool
+
+
+@dataclass(frozen=True)
 class Repoint:
     """`nodemedic repoint`: moving containerd's root to other storage."""
 
@@ -164,6 +180,7 @@ class Settings:
     imagefs: ImageFs
     ingest: Ingest
     metrics: Metrics
+    kubernetes: Kubernetes
     repoint: Repoint
     join: Join
     fleet: Fleet

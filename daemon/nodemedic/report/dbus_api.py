@@ -34,6 +34,7 @@ class Steering(Protocol):
     def api_forget(self, problem: str) -> None: ...
     async def api_reload(self) -> tuple[bool, list[str]]: ...
     def api_check(self, member: str, args: list[object]) -> None: ...
+    def api_details(self) -> str: ...
 
 
 class RefusedError(Exception):
@@ -88,6 +89,14 @@ class NodemedicInterface(ServiceInterface):
         # from an async method, dbus-next 0.2.3 would also log the error as a crash.
         ok, lines = await self.daemon.api_reload()
         return [ok, lines]
+
+    @method()
+    def Details(self) -> "s":  # noqa: F821, N802
+        # What the cluster side (nodemedic-kube.service) needs beyond Problems: each problem's
+        # class, step i of n, attempts and budget, as one JSON text, so that adding a field
+        # never changes this D-Bus signature. Read-only, yet root's only (as every method but
+        # Plan): nodemedic-kube.service runs as root without capabilities.
+        return self.daemon.api_details()
 
     @signal()
     def ProblemChanged(self, problem: str, state: str) -> "ss":  # noqa: F821, N802

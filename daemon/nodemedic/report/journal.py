@@ -69,6 +69,9 @@ class Kind(Enum):
     MIRRORS_DONE = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f63"
     MIRRORS_ROLLED_BACK = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f64"
     MIRRORS_ROLLBACK_INCOMPLETE = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5f65"
+    KUBE_TROUBLE = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5fa0"
+    KUBE_RECOVERED = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5fa1"
+    KUBE_SENT = "9c6f3bf0a6a34d4e8f8b9a1c2d7e5fa2"
 
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"

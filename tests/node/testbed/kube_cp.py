@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +159,21 @@ class Client:
             return resp.status, json.loads(raw)
         except json.JSONDecodeError:
             return resp.status, raw
+
+    def watch(self, path: str, timeout: float = 300.0) -> Iterator[dict[str, Any]]:
+        """A watch (`path` with ?watch=1...): each event ({"type", "object"}) as the API server
+        sends it, until the server ends the stream or `timeout` passes without one."""
+        conn = self._connection(timeout)
+        try:
+            conn.request("GET", path, headers={"Accept": "application/json"})
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise ApiError(resp.status, resp.read().decode(errors="replace"))
+            while line := resp.readline():
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            conn.close()
 
     def get(self, path: str) -> Any:
         status, body = self.request("GET", path)

@@ -1,0 +1,120 @@
+"""KubeSide.sync (nodemedic/kube/run.py) against an API stand-in: the Node not registered yet is
+waited for (one journal entry), then the conditions are written; an outage is said once."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from nodemedic.kube import run as kube_run
+from nodemedic.kube.api import ApiStatus, ApiUnreachable
+from nodemedic.kube.conditions import ProblemView
+from nodemedic.kube.run import KubeSettings, KubeSide
+from nodemedic.problems import ProblemClass
+
+
+class ApiStandin:
+    """Stands in for the API server: a Node that may not exist yet, and a switch for outages."""
+
+    def __init__(self) -> None:
+        self.node_obj: dict[str, Any] | None = None
+        self.down = False
+        self.patches: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+
+    def _check(self) -> None:
+        if self.down:
+            raise ApiUnreachable("connection refused")
+
+    async def node(self, name: str) -> dict[str, Any]:
+        self._check()
+        if self.node_obj is None:
+            raise ApiStatus(404, {"message": f'nodes "{name}" not found'})
+        return self.node_obj
+
+    async def patch_node_status(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        self._check()
+        assert self.node_obj is not None
+        self.patches.append(body)
+        conds = {c["type"]: c for c in self.node_obj["status"]["conditions"]}
+        for item in body["status"]["conditions"]:
+            conds.setdefault(item["type"], {}).update(item)
+        self.node_obj["status"]["conditions"] = list(conds.values())
+        return self.node_obj
+
+    async def create_event(self, event: dict[str, Any]) -> None:
+        self._check()
+        self.events.append(event)
+
+    async def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self._check()
+
+
+@pytest.fixture
+def said(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    lines: list[str] = []
+    monkeypatch.setattr(kube_run, "log", lambda kind, message, priority=6, **_: lines.append(f"{kind.name}: {message}"))
+    return lines
+
+
+def side(api: ApiStandin) -> KubeSide:
+    s = KubeSide(KubeSettings("/nonexistent", "node-a", handoff=False))
+    s.api = api  # type: ignore[assignment]
+    return s
+
+
+def test_waits_for_the_node_then_writes_conditions(said: list[str]) -> None:
+    api = ApiStandin()
+    s = side(api)
+    assert asyncio.run(s.sync()) is False
+    assert asyncio.run(s.sync()) is False
+    assert [line for line in said if "not registered yet" in line] and len(said) == 1
+    api.node_obj = {"metadata": {"uid": "u1"}, "status": {"conditions": []}}
+    assert asyncio.run(s.sync()) is True
+    s.outage.over()
+    types = {c["type"] for c in api.node_obj["status"]["conditions"]}
+    assert types == {"ContainerRuntimeProblem", "ContainerNetworkProblem", "ImageFilesystemProblem", "KubeletProblem"}
+    assert said[-1].startswith("KUBE_RECOVERED")
+
+
+def test_transitions_during_an_outage_are_sent_after_it(said: list[str]) -> None:
+    api = ApiStandin()
+    api.node_obj = {"metadata": {"uid": "u1"}, "status": {"conditions": []}}
+    s = side(api)
+    assert asyncio.run(s.sync())
+    api.down = True
+    s.problems = [ProblemView("cni-config-missing", ProblemClass.NETWORK, "exhausted", attempts=2, budget=2)]
+    s.pending.append(kube_run.Transition("cni-config-missing", "exhausted", 100.0))
+    for _ in range(3):
+        with pytest.raises(ApiUnreachable):
+            asyncio.run(s.sync())
+        s.outage.trouble("connection refused")
+    assert sum(1 for line in said if line.startswith("KUBE_TROUBLE")) == 1
+    api.down = False
+    assert asyncio.run(s.sync())
+    net = next(c for c in api.node_obj["status"]["conditions"] if c["type"] == "ContainerNetworkProblem")
+    assert net["status"] == "True" and net["reason"] == "CniConfigMissing"
+    assert [e["reason"] for e in api.events] == ["ProblemExhausted"]
+    assert api.events[0]["involvedObject"]["uid"] == "u1"
+
+
+def test_a_problem_healed_before_details_is_read_still_shows_true_first(said: list[str]) -> None:
+    api = ApiStandin()
+    api.node_obj = {"metadata": {"uid": "u1"}, "status": {"conditions": []}}
+    s = side(api)
+    assert asyncio.run(s.sync())
+    api.patches.clear()
+    # Both signals arrived; Details() (read now) already says healed.
+    s.problems = [ProblemView("cni-config-missing", ProblemClass.NETWORK, "healed", step="cni-placeholder",
+                              step_index=1, steps=2, attempts=1, budget=3)]
+    for state in ("confirmed", "repairing", "healed"):
+        s.unshown.append(kube_run.Transition("cni-config-missing", state, 1.0))
+    s.read_daemon = lambda: asyncio.sleep(0)  # type: ignore[method-assign]  # no bus here: keep s.problems
+    assert asyncio.run(s.sync())
+    shown = [next(c for c in p["status"]["conditions"] if c["type"] == "ContainerNetworkProblem")
+             for p in api.patches]
+    assert [(c["status"], c["reason"]) for c in shown] == [
+        ("True", "CniConfigMissing"), ("True", "CniConfigMissing"), ("False", "ContainerNetworkIsHealthy")]
+    assert "step 1 of 2 (cni-placeholder)" in shown[1]["message"]
