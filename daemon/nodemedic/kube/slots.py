@@ -9,7 +9,7 @@ never compared with our clock, so clocks may disagree. A takeover is a replace c
 resourceVersion we observed: if anyone wrote the Lease since, the API server answers 409 and
 the takeover is lost, not doubled.
 
-The API is reached through `LeaseApi` (kube/fleet.py adapts lightkube to it), so this module is
+The API is reached through `LeaseApi` (kube/fleet.py adapts kube/api.py to it), so this module is
 plain asyncio and tested without an API server.
 """
 
