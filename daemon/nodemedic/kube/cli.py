@@ -1,4 +1,5 @@
-"""`nodemedic kube run | check | purge`: the cluster side's commands."""
+"""`nodemedic kube run | check | purge`: the cluster side's commands. `run` serves the conditions
+side (kube/run.py) and the fleet guard (kube/fleet.py) on one event loop, each when enabled."""
 
 from __future__ import annotations
 
@@ -135,7 +136,8 @@ def cmd_kube_purge(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    kube = sub.add_parser("kube", help="the cluster side: Node conditions and Events (nodemedic-kube.service)")
+    kube = sub.add_parser("kube", help="the cluster side: Node conditions, Events and the fleet guard "
+                                       "(nodemedic-kube.service)")
     actions = kube.add_subparsers(dest="kube_command", required=True, metavar="ACTION")
     for name, func, text in (
         ("run", cmd_kube_run, "follow the daemon over D-Bus and show its state on the Node (the unit runs this)"),

@@ -160,7 +160,8 @@ class Slots:
                 answer = await self._acquire(problem)
             except Forbidden as err:
                 detail = (f"no identity for the fleet slots: these credentials may not use Leases in this "
-                          f"namespace ({err}); the kubelet's never may (NodeRestriction), see fleet-rbac.yaml")
+                          f"namespace ({err}); the kubelet's never may (NodeRestriction): set fleet.kubeconfig, "
+                          f"see packaging/kubernetes/rbac.yaml")
                 self._troubled("identity", detail)
                 answer = Answer(False, (), f"fleet guard has no identity ({err})")
             except Unreachable as err:
