@@ -7,33 +7,32 @@ loop sleeps until the journal, D-Bus or inotify has something, or the watchdog i
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
-import stat
 import time
 from collections.abc import Callable
 from typing import Any
 
 from nodemedic.config import ConfigError
 from nodemedic.config.live import restart_only_changes
+from nodemedic.controller import Controller
 from nodemedic.detector import conditions
-from nodemedic.detector.detector import Detector, Suspicion
+from nodemedic.detector.conditions import Finding, NodeView, Tidy
+from nodemedic.detector.detector import Detector
 from nodemedic.detector.matcher import Matcher
-from nodemedic.doctor import plan_for
 from nodemedic.engine.engine import Engine
 from nodemedic.engine.fleet import FleetGate
+from nodemedic.engine.reporting import Fanout
+from nodemedic.engine.tidy import Tidier
 from nodemedic.hostroot import HostRoot
 from nodemedic.probes.cri import CriClient
-from nodemedic.problems import problem_class
-from nodemedic.repairs import cni
 from nodemedic.repairs.context import RepairContext
-from nodemedic.repairs.ingest import INGEST
 from nodemedic.repairs.remedies import CONFIRMS, CONTAINERD, REMEDIES
-from nodemedic.report.dbus_api import ApiServer, RefusedError
-from nodemedic.report.journal import ERR, INFO, NOTICE, WARNING, Kind, log
-from nodemedic.report.metrics import Metrics
+from nodemedic.report.dbus_api import ApiServer
+from nodemedic.report.journal import ERR, INFO, WARNING, Kind, log
+from nodemedic.report.metrics import Metrics, MetricsReporter
 from nodemedic.report.notify import notify, watchdog_interval
+from nodemedic.report.reporters import assemble
+from nodemedic.report.status import StatusReporter, status_text
 from nodemedic.runconfig import Loaded, load
 from nodemedic.safety import Guard, UnsafeOperation
 from nodemedic.sources.events import Event, JournalLine, PathChanged, SourceTrouble, UnitChanged
@@ -41,7 +40,7 @@ from nodemedic.sources.journal import JournalSource
 from nodemedic.sources.paths import PathSource
 from nodemedic.sources.systemd_bus import SystemdBus
 from nodemedic.sources.units import UnitSource
-from nodemedic.state import ACTIVE, Phase, StateStore
+from nodemedic.state import StateStore
 
 QUEUE_LIMIT = 4096  # the journal source waits when the detector falls behind, it never drops
 # sysexits.h EX_CONFIG: the unit's RestartPreventExitStatus=78 leaves a daemon that cannot start
@@ -64,22 +63,25 @@ class Daemon:
                                  CriClient(str(root.path(settings.paths.containerd_socket))), self.store.load())
         textfile = settings.metrics.textfile
         self.metrics = Metrics(root.path(textfile) if textfile else None, self.guard, loaded.metrics_dir_configured)
-        self.api = ApiServer(self)
-        self.engine = Engine(self.ctx, self.store, REMEDIES, CONFIRMS, on_change=self.update_status,
-                             on_step=self.metrics.step_finished, on_transition=self.api.problem_changed,
+        self.reporters = Fanout()
+        self.engine = Engine(self.ctx, self.store, REMEDIES, CONFIRMS, reporters=self.reporters,
                              fleet=FleetGate(lambda: self.ctx.settings.fleet))  # issue 15's fleet guard
+        self.tidier = Tidier(self.engine)  # the conditions' changes to the node, through the engine's gate
+        self.controller = Controller(self)
+        self.api = ApiServer(self.controller)
+        self.metrics_reporter = MetricsReporter(self.metrics, self.engine,
+                                                lambda: (self.journal.entries_read, self.detector.hit_counts))
+        self.status = StatusReporter(lambda: status_text(self.engine, self.root, len(self.loaded.catalogue.signatures)))
+        self.reporters.reporters[:] = assemble(self.metrics_reporter, self.status, self.api)
+        # The non-log detectors: each declares what it watches (detector/conditions/).
+        self.path_conditions, self.unit_conditions = conditions.registered()
         self.journal = JournalSource(settings.daemon.units, self.queue, state_dir / "journal.cursor", self.guard,
                                      settings.journal.batch_size, settings.journal.replay_window,
                                      settings.journal.replay_grace, on_drained=self.journal_drained,
                                      prefilter=self.detector.matcher)
         self.units = UnitSource(settings.daemon.units, self.queue, self.bus)
-        self.paths = PathSource({
-            "cni_conf_dir": root.path(settings.paths.cni_conf_dir),
-            "containerd_root": root.path(settings.paths.containerd_root),
-            "ingest_dir": root.path(settings.paths.containerd_root).joinpath(*INGEST),
-        }, self.queue)
+        self.paths = PathSource({c.name: c.path(settings, root) for c in self.path_conditions}, self.queue)
         self.stopping = asyncio.Event()
-        self._status = ""
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[object]] = set()
         self._refusals: set[str] = set()  # refused operations already reported
@@ -102,11 +104,10 @@ class Daemon:
         api_task = loop.create_task(self.api.run(self._api_trouble))
         await self.units.ready.wait()
         await self.api.ready.wait()
-        self._refusable("checking the CNI config dir", self._check_cni_dir)
-        self._refusable("checking the ingest dir", self._check_ingest_dir)
+        self.look_at_paths()
         self.engine.resume()
         for sig, handler in ((signal.SIGTERM, self.stopping.set), (signal.SIGINT, self.stopping.set),
-                             (signal.SIGHUP, self.api_reload_task)):
+                             (signal.SIGHUP, self.reload_task)):
             loop.add_signal_handler(sig, handler)
         self._arm_watchdog()
         log(Kind.STARTED, f"nodemedic started: watching {', '.join(self.ctx.settings.daemon.units)}; "
@@ -158,7 +159,7 @@ class Daemon:
                 outcome = False, [f"reload failed, keeping the old configuration: {err!r}"]
                 log(Kind.CONFIG_REJECTED, outcome[1][0], ERR)
             finally:
-                self._status = ""  # STATUS=reloading was sent in between: always send the status again
+                self.status.forget_sent()  # STATUS=reloading was sent in between: always send the status again
                 notify("READY=1")
                 self.update_status()
             return outcome
@@ -196,7 +197,7 @@ class Daemon:
         self.detector = Detector(Matcher(fresh.catalogue.signatures))
         self.journal.prefilter = self.detector.matcher
 
-    def api_reload_task(self) -> None:
+    def reload_task(self) -> None:
         task = asyncio.get_running_loop().create_task(self.reload())
         self._tasks.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
@@ -233,188 +234,53 @@ class Daemon:
         log(Kind.TASK_FAILED, f"unhandled in the event loop: {context.get('message', '')}: {detail}", ERR,
             error=detail)
 
+    def view(self) -> NodeView:
+        return NodeView(self.ctx.settings, self.root, self.ctx.state, CONTAINERD)
+
     def dispatch(self, event: Event) -> None:
         if isinstance(event, JournalLine):
             for suspicion in self.detector.journal_line(event):
                 self.engine.suspect(suspicion)
         elif isinstance(event, UnitChanged):
-            suspicion = conditions.unit_condition(event, CONTAINERD)
-            if suspicion is not None:
-                self.engine.suspect(suspicion)
-            exhausted = {p for p, r in self.ctx.state.problems.items() if r.phase == Phase.EXHAUSTED}
-            for suspicion in conditions.unit_recovered(event, CONTAINERD, exhausted):
-                self.engine.suspect(suspicion)
+            view = self.view()
+            for condition in self.unit_conditions:
+                if event.unit in condition.units(view):
+                    self._act(condition.check(event, view))
         elif isinstance(event, PathChanged):
-            if event.watch == "cni_conf_dir":
-                self._check_cni_dir()
-            elif event.watch == "ingest_dir":
-                self._check_ingest_dir()
+            for condition in self.path_conditions:
+                if condition.name == event.watch:
+                    self._act(condition.check(self.view()))
         elif isinstance(event, SourceTrouble):
             log(Kind.SOURCE_TROUBLE, f"{event.source}: {event.detail}; retrying", WARNING, source=event.source)
 
-    def _check_cni_dir(self) -> None:
-        real, suspicion = conditions.cni_conf_dir(self.ctx.settings, self.root)
-        if real and not self.ctx.state.real_cni_seen:
-            self.ctx.state.real_cni_seen = True
-            self.engine.save()
-        if real:
-            try:
-                removed = cni.remove_placeholder_if_superseded(self.ctx)
-            except UnsafeOperation as err:  # a protected conf dir: report, and go on checking
-                self._refused("removing the superseded placeholder CNI config", err)
-                removed = None
-            if removed is not None:
-                log(Kind.PLACEHOLDER_REMOVED, f"removed placeholder CNI config {removed}: a real config exists",
-                    NOTICE, path=removed)
-                self.update_status()
-        record = self.ctx.state.problems.get("cni-config-missing")
-        if real and record is not None and record.phase == Phase.EXHAUSTED:
-            # A config appeared while the problem waits for an operator: look again, so that it
-            # clears once CRI says the network is ready.
-            suspicion = Suspicion("cni-config-missing", "path:cni_conf_dir", detail="a CNI config appeared")
-        if suspicion is not None:
-            self.engine.suspect(suspicion)
+    def look_at_paths(self) -> None:
+        """Look at every path condition (at start, and when the operator resumes)."""
+        for condition in self.path_conditions:
+            self._refusable(f"checking {condition.name}", lambda c=condition: self._act(c.check(self.view())))
 
-    def _check_ingest_dir(self) -> None:
-        suspicion = conditions.ingest_dir(self.ctx.settings, self.root)
-        if suspicion is not None:
-            self.engine.suspect(suspicion)
+    def _act(self, findings: list[Finding]) -> None:
+        """Hand a condition's findings to the engine, in order: a change the safety module
+        refuses is reported and the findings after it still go."""
+        for finding in findings:
+            if isinstance(finding, Tidy):
+                self._refusable(finding.what, lambda tidy=finding: self.tidier.request(tidy))
+            else:
+                self.engine.suspect(finding)
 
-    # -- the operator's D-Bus API (report/dbus_api.py) ----------------------------------
+    def journal_drained(self, moved: bool) -> None:
+        if moved:  # a wake-up for another unit's entry changes nothing worth writing
+            self.metrics_reporter.on_change()
 
     def _api_trouble(self, detail: str) -> None:
         log(Kind.SOURCE_TROUBLE, detail, WARNING, source="api")
 
-    def _known_problem(self, problem: str) -> None:
-        # A problem a signature names without a ladder (report-only) is known too: it has a
-        # record to forget and a plan ("would not repair: ...") to show.
-        known = frozenset(REMEDIES) | self.loaded.catalogue.problems | frozenset(self.ctx.state.problems)
-        if problem not in known:
-            raise RefusedError("UnknownProblem", f"unknown problem {problem!r}; known: {', '.join(sorted(known))}")
-
-    def api_state(self) -> str:
-        return self._state_text()
-
-    def api_mode(self) -> str:
-        return "paused" if self.engine.gate.paused else self.ctx.settings.daemon.mode
-
-    def api_problems(self) -> list[list[object]]:
-        return [[r.problem, r.phase.value, r.step_name, r.attempts, int(r.last_change), r.detail]
-                for r in sorted(self.ctx.state.problems.values(), key=lambda r: r.problem)]
-
-    def api_details(self) -> str:
-        """Problems() with what a Node condition's message says: class, step i of n, attempts
-        and budget (JSON, read by nodemedic-kube.service)."""
-        settings = self.ctx.settings
-        details = []
-        for r in sorted(self.ctx.state.problems.values(), key=lambda r: r.problem):
-            remedy = REMEDIES.get(r.problem)
-            details.append({
-                "problem": r.problem, "class": problem_class(r.problem).value, "phase": r.phase.value,
-                "step": r.step_name, "step_index": r.step + 1 if r.step_name else 0,
-                "steps": len(remedy.steps) if remedy is not None else 0,
-                "attempts": r.attempts, "budget": settings.attempt_budget(r.problem),
-                "last_change": r.last_change, "detail": r.detail,
-            })
-        return json.dumps({"paused": self.engine.gate.paused, "problems": details})
-
-    def api_pause(self) -> None:
-        # Kept in state.json: a daemon restarted (SIGKILL, a repoint or join flow's restart) is
-        # still paused. Without persistence the pause holds only until a restart: reported.
-        self.engine.gate.paused = True
-        saved = self.engine.save()
-        log(Kind.PAUSED, "paused by the operator: observing only until resumed"
-            + ("" if saved else " (NOT saved: a restart of the daemon forgets this pause)"), NOTICE)
-        self.update_status()
-
-    def api_resume(self) -> None:
-        self.engine.gate.paused = False
-        self.engine.save()
-        log(Kind.RESUMED, "resumed by the operator: repairing again", NOTICE)
-        self.update_status()
-        self.engine.retry_held()
-        self._refusable("checking the CNI config dir", self._check_cni_dir)
-
-    def api_check(self, member: str, args: list[object]) -> None:
-        """Refuse a call that cannot be done, with a reason, before anything changes."""
-        if member in ("Repair", "Plan", "Forget"):
-            problem = str(args[0]) if args else ""
-            self._known_problem(problem)
-            if member == "Repair" and self.engine.gate.paused:
-                raise RefusedError("Paused", "nodemedic is paused; `nodemedic resume` first")
-            if member in ("Repair", "Forget") and self.engine.running(problem):
-                raise RefusedError("Busy", f"{problem} is already being handled; wait for it to finish")
-
-    def api_repair(self, problem: str) -> str:
-        self.engine.repair_now(problem)
-        return f"repair of {problem} started"
-
-    def api_plan(self, problem: str) -> list[str]:
-        return plan_for(self.ctx, problem, forced=True)
-
-    def api_forget(self, problem: str) -> None:
-        self.engine.forget(problem)
-        self.detector.forget(problem)
-
-    async def api_reload(self) -> tuple[bool, list[str]]:
-        return await self.reload()
-
-    # -- status -------------------------------------------------------------------------
-
-    def journal_drained(self, moved: bool) -> None:
-        if moved:  # a wake-up for another unit's entry changes nothing worth writing
-            self.update_metrics()
-
-    def update_metrics(self) -> None:
-        self.metrics.update(self.ctx.state.problems.values(), self.journal.entries_read, self.detector.hit_counts,
-                            state_save_failing=bool(self.engine.persist_error))
-
     def update_status(self) -> None:
-        self.update_metrics()
-        status = self._state_text()
-        if status != self._status:
-            self._status = status
-            notify(f"STATUS={status}")
-
-    def _state_text(self) -> str:
-        settings = self.ctx.settings
-        watching = f"watching {', '.join(settings.daemon.units)}; {len(self.loaded.catalogue.signatures)} signatures"
-        records = self.ctx.state.problems.values()
-        current = self.engine.current
-        if current is not None:
-            problem, number, total, name = current
-            state = f"repairing {problem}: step {number}/{total} ({name})"
-        elif active := [r for r in records if r.phase in ACTIVE]:
-            state = "; ".join(f"{r.problem} {r.phase}" for r in active)
-        elif exhausted := [r for r in records if r.phase == Phase.EXHAUSTED]:
-            state = "needs an operator: " + ", ".join(f"{r.problem} exhausted" for r in exhausted)
-        else:
-            state = "healthy"
-        placeholder = self.root.path(settings.paths.cni_conf_dir) / settings.cni.placeholder_file
-        if _is_regular_file(placeholder):
-            state += "; placeholder CNI config active (real network not yet configured)"
-        for problem, reason in sorted(self.engine.fleet.holds.items()):  # the fleet guard's hold
-            state += f"; {problem}: {reason}"
-        if self.engine.persist_error:
-            state += f"; state not saved ({self.engine.persist_error}): non-idempotent steps held back"
-        if settings.daemon.mode == "observe":
-            state += "; observe mode"
-        if self.engine.gate.paused:
-            state += "; paused by the operator"
-        return f"{watching}; {state}"
+        """Bring every view (the metrics file, STATUS=) up to date."""
+        self.reporters.on_change()
 
 
 def config_warning(message: str) -> None:
     log(Kind.CONFIG_REJECTED, message, WARNING)
-
-
-def _is_regular_file(path: os.PathLike[str]) -> bool:
-    """Judged by lstat: our placeholder is a regular file we wrote; a symlink at its name (to
-    another network's config, say) is not it."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def run(root: HostRoot) -> int:

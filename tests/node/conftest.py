@@ -208,3 +208,8 @@ def crash_looping_kubelet(inject: Callable[..., faults.Fault]) -> faults.Fault:
 @pytest.fixture
 def containerd_stopped(inject: Callable[..., faults.Fault]) -> faults.Fault:
     return inject(faults.stop_containerd)
+
+
+# Which kubelet drives the ladder modules: the real one on bookworm/trixie, the stand-in on
+# containerd 2.x (testbed/kubelet_bed.py). Imported, like the kube fixtures above.
+from tests.node.testbed.kubelet_bed import ladder_kubelet, quick_kubelet  # noqa: E402, F401

@@ -34,6 +34,13 @@ every success does, as in kubelet.
 
 It runs on the node's /opt/venvs/nodemedic python (for grpc and the CRI stubs) but deliberately
 does not import nodemedic: the stand-in must not share bugs with the code it is used to test.
+
+Where it is still used: the real kubelet 1.20.2 (tests/node/testbed/kube_node.py) speaks CRI
+v1alpha2 only, which containerd 2.x no longer serves. So the ladder tests drive the real kubelet
+on bookworm and trixie (containerd 1.6/1.7) and this stand-in on trixie-containerd2 and forky
+(testbed/kubelet_bed.py), and every node boots with the stand-in until a test installs the real
+one. The PLEG ladder and the image GC "invalid capacity 0" lines are tested against it only: the
+real kubelet 1.20 cannot be made to show those within a test's time (the modules say why).
 """
 
 from __future__ import annotations

@@ -18,6 +18,12 @@ raised by the same crash loop, are disabled there; their ladders end in the node
 also moves the root aside (tests/node/test_ladders_node_reset.py), and which problem gets the
 one repair slot first is a race. The engine's re-check after waiting for that slot keeps the
 loser from moving a second root.
+
+Which kubelet (testbed/kubelet_bed.py): on bookworm and trixie (containerd 1.6/1.7, CRI v1alpha2)
+the real kubelet 1.20.2, registered with a control plane of the module's own, runs through the
+crash loop and writes its real "container runtime is down" lines (which raise runtime-down, a
+rival here); on trixie-containerd2 (CRI v1 only, which kubelet 1.20 cannot speak) the kubelet
+stand-in stays. Nothing of this module's fault needs a kubelet feature 1.20 lacks.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from tests.node.medic import (
     wait_healed,
 )
 from tests.node.testbed import faults
+from tests.node.testbed.kubelet_bed import LadderKubelet
 from tests.node.testbed.node import Node
 
 pytestmark = [pytest.mark.node, pytest.mark.stacks("trixie", "bookworm", "trixie-containerd2")]
@@ -50,7 +57,7 @@ RIVALS = ("containerd-crash-loop", "runtime-down")
 
 
 @pytest.fixture(scope="module")
-def medic(node: Node) -> Node:
+def medic(node: Node, ladder_kubelet: LadderKubelet) -> Node:
     start_nodemedic(node)
     return node
 

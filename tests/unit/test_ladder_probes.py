@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 from nodemedic.detector.conditions import unit_recovered
 from nodemedic.hostroot import HostRoot
+from nodemedic.probes.ingest_dir import open_for_writing, stale_entries_in
 from nodemedic.repairs.cgroup import kubelet_cgroup_driver
-from nodemedic.repairs.ingest import open_for_writing, stale_entries_in
 from nodemedic.sources.events import UnitChanged
 
 

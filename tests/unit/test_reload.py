@@ -42,7 +42,7 @@ def daemon_on(root: Path):
                                      entries_read=0)
     daemon.engine = EngineStandIn()
     daemon._reload_lock = asyncio.Lock()
-    daemon._status = ""
+    daemon.status = SimpleNamespace(forget_sent=lambda: None)
     daemon.update_status = lambda: None
     return daemon
 

@@ -17,10 +17,11 @@ from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_fi
 from nodemedic.detector.detector import Suspicion
 from nodemedic.engine.fleet import FleetGate
 from nodemedic.engine.policy import Gate
+from nodemedic.engine.reporting import Fanout, StepFinished, Transition
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.remedies import Probe
 from nodemedic.repairs.step import NoUndo, Remedy, Step, StepClass
-from nodemedic.report.journal import ERR, INFO, NOTICE, WARNING, Kind, log
+from nodemedic.report.journal import ERR, NOTICE, WARNING, Kind, log
 from nodemedic.safety import UnsafeOperation
 from nodemedic.state import Phase, ProblemRecord, StateStore
 
@@ -53,17 +54,14 @@ class _RecordedUndo:
 
 class Engine:
     def __init__(self, ctx: RepairContext, store: StateStore, remedies: Mapping[str, Remedy],
-                 confirms: Mapping[str, Probe], on_change: Callable[[], None] = lambda: None,
-                 on_step: Callable[[str, str, str], None] = lambda _problem, _step, _result: None,
-                 on_transition: Callable[[str, str], None] = lambda _problem, _phase: None,
+                 confirms: Mapping[str, Probe], reporters: Fanout | None = None,
                  fleet: FleetGate | None = None) -> None:
         self.ctx = ctx
         self.store = store
         self.remedies = remedies
         self.confirms = confirms
-        self.on_change = on_change
-        self.on_step = on_step
-        self.on_transition = on_transition
+        # journal, sd_notify status, D-Bus signals, metrics: assembled by the daemon (report/reporters.py)
+        self.reporters = reporters if reporters is not None else Fanout()
         self.gate = Gate(ctx)
         self.fleet = fleet or FleetGate()  # the fleet guard (engine/fleet.py); off unless fleet.enabled
         self._repair_lock = asyncio.Lock()  # one repair at a time on the node
@@ -173,7 +171,7 @@ class Engine:
         self._cancel_probing(problem)
         self.ctx.state.problems.pop(problem, None)
         self.save()
-        self.on_transition(problem, Phase.IDLE)
+        self.reporters.on_transition(None, Transition(problem, Phase.IDLE, "forgotten by the operator"))
 
     def resume(self) -> None:
         """After a restart: undo what an interrupted step stopped, then verify the step; a step
@@ -438,11 +436,7 @@ class Engine:
     def _finish_step(self, record: ProblemRecord, step: Step, result: str, detail: str = "", error: str = "",
                      resumed: bool = False) -> None:
         self.fleet.release(record.problem)  # the step and its verification are over
-        self.on_step(record.problem, step.name, result)
-        message = f"{record.problem}: step {step.name} {result}" + (f": {error}" if error else "")
-        log(Kind.STEP_FINISHED, message, INFO if result == "ok" else WARNING, problem=record.problem,
-            step=step.name, result=result, detail=detail or None, error=error or None,
-            resumed=1 if resumed else None)
+        self.reporters.on_step(record, StepFinished(record.problem, step.name, result, detail, error, resumed))
 
     def _heal(self, record: ProblemRecord) -> None:
         policy = self.ctx.settings.policy
@@ -468,13 +462,10 @@ class Engine:
         if phase in (Phase.SUSPECTED, Phase.CONFIRMED):
             # A restart turns these back into idle (resume), so they need no fsync'd write: the
             # two disk syncs they would cost sit between a fault and its first step.
-            self.on_change()
+            self.reporters.on_change()
         else:
             saved = self.save()
-        self.on_transition(record.problem, phase)
-        if kind is not None:
-            log(kind, f"{record.problem}: {phase}: {detail}", priority, problem=record.problem, state=phase,
-                signature=record.trigger or None, trigger_cursor=record.trigger_cursor or None)
+        self.reporters.on_transition(record, Transition(record.problem, phase, detail, kind, priority))
         return saved
 
     def save(self) -> bool:
@@ -489,7 +480,7 @@ class Engine:
                     path=self.store.path, error=detail)
             # short, for the Status line and refusals; the journal entry above has the whole story
             self.persist_error = (err.strerror if isinstance(err, OSError) and err.strerror else "") or detail
-            self.on_change()
+            self.reporters.on_change()
             return False
         if self.persist_error:
             self.persist_error = ""
@@ -504,6 +495,6 @@ class Engine:
             for record in held:  # after this write returns: a suspect() runs its own saves
                 loop.call_soon(self._restart_held, record, "the state can be saved again",
                                "re-checked once the state could be saved again", "persistence")
-        self.on_change()
+        self.reporters.on_change()
         return True
 

@@ -42,6 +42,14 @@ class Gate:
         # last episode (a flap), and the engine applies it once it knows the first step needed.
         return ""
 
+    def refuse_change(self) -> str:
+        """Why no change to the node that repairs no problem (engine/tidy.py) may be made now."""
+        if self.ctx.settings.daemon.mode == "observe":
+            return "mode is observe"
+        if self.paused:
+            return "paused by the operator"
+        return ""
+
     @staticmethod
     def cooldown_left(record: ProblemRecord) -> float:
         return max(0.0, record.not_before - time.time())

@@ -12,22 +12,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodemedic.probes.cni_dir import real_configs
 from nodemedic.repairs.context import RepairContext
 from nodemedic.repairs.step import StepClass
 from nodemedic.report.journal import NOTICE, Kind, log
 from nodemedic.safety import atomic_write, ensure_dir, remove_file
 
-CNI_SUFFIXES = (".conf", ".conflist", ".json")
 # A bridge of our own: never `cni0`, which flannel and the bridge plugin own.
 PLACEHOLDER_BRIDGE = "nodemedic0"
-
-
-def real_configs(conf_dir: Path, placeholder_file: str) -> list[Path]:
-    try:
-        entries = sorted(conf_dir.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return [e for e in entries if e.suffix in CNI_SUFFIXES and e.name != placeholder_file and e.is_file()]
 
 
 def placeholder_config(subnet: str) -> bytes:

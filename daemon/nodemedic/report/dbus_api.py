@@ -22,7 +22,7 @@ ERROR_PREFIX = "org.nodemedic1.Error"
 
 
 class Steering(Protocol):
-    """What the daemon offers the API; the daemon implements it."""
+    """What the daemon offers the API; nodemedic/controller.py implements it."""
 
     def api_state(self) -> str: ...
     def api_mode(self) -> str: ...

@@ -3,15 +3,21 @@ change and never on a timer: an idle daemon leaves the file (and the disk) alone
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 
+from nodemedic.engine.reporting import StepFinished, Transition
 from nodemedic.report.journal import WARNING, Kind, log
 from nodemedic.safety import Guard, UnsafeOperation, atomic_write, ensure_dir
 from nodemedic.state import Phase, ProblemRecord
+
+if TYPE_CHECKING:  # the type only: the reporter is handed the daemon's engine
+    from nodemedic.engine.engine import Engine
 
 disable_created_metrics()
 
@@ -98,3 +104,38 @@ class Metrics:
         if not self._warned:  # once, not on every change
             log(Kind.SOURCE_TROUBLE, message, WARNING)
             self._warned = True
+
+
+class MetricsReporter:
+    """Counts finished steps; on any change brings the series up to date and rewrites the file.
+    The write (an fsync'd atomic replace) is scheduled on the loop, never done in the engine's
+    call: several changes in one turn of the loop are one write."""
+
+    def __init__(self, metrics: Metrics, engine: Engine, counters: Callable[[], tuple[int, Mapping[str, int]]]) -> None:
+        self.metrics = metrics
+        self.engine = engine
+        self.counters = counters  # (journal entries read, hits per signature): their holders change at reload
+        self._pending = False
+
+    def on_transition(self, record: ProblemRecord | None, transition: Transition) -> None:
+        pass  # every transition is preceded by on_change
+
+    def on_step(self, record: ProblemRecord, step: StepFinished) -> None:
+        self.metrics.step_finished(step.problem, step.step, step.result)
+
+    def on_change(self) -> None:
+        if self._pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a one-shot command): at once
+            self.update()
+            return
+        self._pending = True
+        loop.call_soon(self.update)
+
+    def update(self) -> None:
+        self._pending = False
+        entries, hits = self.counters()
+        self.metrics.update(self.engine.ctx.state.problems.values(), entries, hits,
+                            state_save_failing=bool(self.engine.persist_error))

@@ -1,38 +1,14 @@
-"""Conditions read from the node itself rather than from a log line."""
+"""Crash loops of the watched units and the container runtime being down, from systemd's own
+view of the units; and, for a problem about a unit that waits exhausted for an operator, the
+unit running again."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 
-from nodemedic.config import Settings
+from nodemedic.detector.conditions.base import Finding, NodeView, UnitCondition
 from nodemedic.detector.detector import Suspicion
-from nodemedic.hostroot import HostRoot
-from nodemedic.repairs.cni import CNI_SUFFIXES, real_configs
-from nodemedic.repairs.ingest import INGEST, stale_entries_in
 from nodemedic.sources.events import UnitChanged
-
-
-def cni_conf_dir(settings: Settings, root: HostRoot) -> tuple[bool, Suspicion | None]:
-    """(a real config exists, suspicion when no config at all is there)."""
-    conf_dir = root.path(settings.paths.cni_conf_dir)
-    real = real_configs(conf_dir, settings.cni.placeholder_file)
-    if real:
-        return True, None
-    placeholder = conf_dir / settings.cni.placeholder_file
-    if placeholder.suffix in CNI_SUFFIXES and placeholder.is_file():
-        return False, None
-    return False, Suspicion("cni-config-missing", "path:cni_conf_dir", detail=f"no CNI config in {conf_dir}")
-
-
-def ingest_dir(settings: Settings, root: HostRoot) -> Suspicion | None:
-    """Partial downloads nobody writes any more, seen whenever the ingest dir changes (a pull
-    starting or ending) and at start: evidence without waiting for a pull to fail on them."""
-    directory = root.path(settings.paths.containerd_root).joinpath(*INGEST)
-    stale = stale_entries_in(directory, settings.ingest.stale_age)
-    if not stale:
-        return None
-    return Suspicion("ingest-stale", "path:ingest_dir",
-                     detail=f"{len(stale)} stale partial download(s) in {directory}")
 
 
 def unit_condition(change: UnitChanged, runtime_unit: str) -> Suspicion | None:
@@ -56,3 +32,22 @@ def unit_recovered(change: UnitChanged, runtime_unit: str, exhausted: Collection
     if change.unit == runtime_unit:
         problems.append("runtime-down")
     return [Suspicion(p, "unit:running", detail=f"{change.unit} is running again") for p in problems if p in exhausted]
+
+
+class UnitStates(UnitCondition):
+    name = "unit_states"
+
+    def units(self, view: NodeView) -> frozenset[str]:
+        return frozenset(view.settings.daemon.units) | {view.runtime_unit}
+
+    def check(self, change: UnitChanged, view: NodeView) -> list[Finding]:
+        findings: list[Finding] = []
+        suspicion = unit_condition(change, view.runtime_unit)
+        if suspicion is not None:
+            findings.append(suspicion)
+        exhausted = {problem for problem in view.state.problems if view.exhausted(problem)}
+        findings.extend(unit_recovered(change, view.runtime_unit, exhausted))
+        return findings
+
+
+CONDITION = UnitStates()
