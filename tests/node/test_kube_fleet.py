@@ -1,20 +1,19 @@
 """The fleet guard against the real API server (issue 15, item 4): two booted nodes, each with
-nodemedic.service and the guard's side (nodemedic.kube.fleet.serve_fleet) on its system bus,
-holding coordination.k8s.io/v1 Leases in kube-apiserver 1.20.2 (testbed/kube_cp.py) with an
-identity of their own (CN=system:nodemedic:NODE, O=nodemedic:fleet, packaging/kubernetes/
-fleet-rbac.yaml).
+nodemedic.service and nodemedic-kube.service as shipped (`nodemedic kube run`, which serves
+org.nodemedic.Kube1 when fleet.enabled) on its system bus, holding coordination.k8s.io/v1
+Leases in kube-apiserver 1.20.2 (testbed/kube_cp.py). Each node's guard has an identity of its
+own, fleet.kubeconfig: a client certificate CN=nodemedic:fleet:NODE, O=nodemedic:fleet from the
+test bed's PKI, the group packaging/kubernetes/rbac.yaml binds to the slot Leases.
 
-The guard's side runs from FLEET_ENTRY, a few lines that load the node's configuration, make a
-lightkube AsyncClient from the guard's kubeconfig and call serve_fleet: `nodemedic kube run`
-(nodemedic-kube.service, another helper's work) was not on main when this was written. It runs
-as a transient unit, so the test can SIGKILL it like any holder dying mid-step.
+The nodes run no kubelet, so kubernetes.enabled stays off: nodemedic-kube runs the guard alone
+(the conditions side is tests/node/test_kube_conditions.py). A holder dying is the unit
+SIGKILLed; systemd restarts it after RestartSec, with no memory of the slot.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,45 +22,35 @@ import pytest
 
 from nodemedic.journal import Kind
 from tests.node.medic import cli, nodemedic_entries, phase, start_nodemedic, wait_for_kind
-from tests.node.testbed import faults, image
+from tests.node.testbed import faults
 from tests.node.testbed.kube_cp import ControlPlane, kubeconfig_text
-from tests.node.testbed.node import NODE_PYTHON, REPO_ROOT, Node, boot_node
+from tests.node.testbed.node import REPO_ROOT, Node, boot_node
 from tests.node.testbed.stacks import Stack
 
 pytestmark = [pytest.mark.node, pytest.mark.stacks("trixie", "bookworm")]  # python 3.13 and 3.11
 
 KUBELET = "kubelet.service"
 PROBLEM = "kubelet-crash-loop"  # its one step, restart-kubelet, is disruptive
-LIGHTKUBE = "lightkube==1.0.1"
 LEASE_SECONDS = 15  # the shortest fleet.lease_seconds allowed
 KUBECONFIG = "/etc/nodemedic/fleet.kubeconfig"
-GUARD_UNIT = "nodemedic-fleet-entry"
-FLEET_CONFIG = f"""
+GUARD_UNIT = "nodemedic-kube"
+LEASE = "/apis/coordination.k8s.io/v1/namespaces/nodemedic/leases/nodemedic-slot-0"
+
+
+def fleet_config(node: Node) -> str:
+    return f"""
 [fleet]
 enabled = true
 max_concurrent = 1
 lease_seconds = "{LEASE_SECONDS}s"
+kubeconfig = "{KUBECONFIG}"
+
+[kubernetes]
+node_name = "{node.name}"
 
 [ingest]
 stale_age = "5s"
 """
-FLEET_ENTRY = """
-import asyncio, sys
-from dbus_next import BusType
-from dbus_next.aio import MessageBus
-from lightkube import AsyncClient, KubeConfig
-from nodemedic.config import load_config
-from nodemedic.kube.fleet import serve_fleet
-
-async def main():
-    settings = load_config().settings
-    client = AsyncClient(KubeConfig.from_file(sys.argv[1]))
-    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-    await serve_fleet(bus, client, settings, me=sys.argv[2])
-
-asyncio.run(main())
-"""
-LEASE = "/apis/coordination.k8s.io/v1/namespaces/nodemedic/leases/nodemedic-slot-0"
 
 
 @dataclass
@@ -70,44 +59,35 @@ class Fleet:
     nodes: list[Node]
 
 
-def _install_lightkube(node: Node) -> None:
-    wheels = image.ensure_wheelhouse([LIGHTKUBE], python=node.stack.python)
-    target = node.root / "var/tmp/fleet-wheels"
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(wheels, target)
-    node.run([f"{image.NODE_VENV}/bin/pip", "install", "--quiet", "--no-index", "--find-links",
-              "/var/tmp/fleet-wheels", LIGHTKUBE], timeout=300)
-
-
 def start_guard(node: Node) -> None:
     if node.unit_state(f"{GUARD_UNIT}.service").active_state == "active":
         return
     node.run(["systemctl", "reset-failed", f"{GUARD_UNIT}.service"], check=False)
     since = node.cursor()
-    node.run(["systemd-run", "--quiet", f"--unit={GUARD_UNIT}", NODE_PYTHON, "/var/tmp/fleet_entry.py",
-              KUBECONFIG, node.name])
+    node.systemctl("start", f"{GUARD_UNIT}.service")
     node.wait_for(lambda: node.journal(message_id=Kind.FLEET_SERVING.value, since=since), timeout=60,
                   what="the fleet guard serving on the bus")
 
 
 @pytest.fixture(scope="module")
 def fleet(control_plane: ControlPlane, stack: Stack) -> Iterator[Fleet]:
-    control_plane.kubectl("apply", "-f", str(REPO_ROOT / "packaging/kubernetes/fleet-rbac.yaml"))
+    control_plane.kubectl("apply", "-f", str(REPO_ROOT / "packaging/kubernetes/rbac.yaml"))
     nodes: list[Node] = []
     try:
         for _ in range(2):
             node = boot_node("nm-kube-fleet", stack=stack)
             nodes.append(node)
             control_plane.attach(node)
-            _install_lightkube(node)
-            cert, key = control_plane.pki.client(f"fleet-{node.name}", f"system:nodemedic:{node.name}",
-                                                 ["nodemedic:fleet"])
+            user = f"nodemedic:fleet:{node.name}"
+            cert, key = control_plane.pki.client(f"fleet-{node.name}", user, ["nodemedic:fleet"])
             node.write_file(KUBECONFIG, kubeconfig_text(control_plane.pki.ca_cert.read_text(), cert.read_text(),
-                                                        key.read_text(), f"system:nodemedic:{node.name}"), 0o600)
+                                                        key.read_text(), user), 0o600)
+            # The .deb puts it in /usr/share/dbus-1/system.d; the test bed installs the wheel.
             node.write_file("/etc/dbus-1/system.d/org.nodemedic.Kube1.conf",
                             (REPO_ROOT / "units/org.nodemedic.Kube1.conf").read_text())
-            node.write_file("/var/tmp/fleet_entry.py", FLEET_ENTRY)
-            start_nodemedic(node, FLEET_CONFIG)  # reloads dbus: the Kube1 policy is in effect
+            node.drop_in(f"{GUARD_UNIT}.service", "10-testbed",
+                         "[Service]\nExecStart=\nExecStart=/usr/local/bin/nodemedic kube run\n")
+            start_nodemedic(node, fleet_config(node))  # reloads dbus: the Kube1 policy is in effect
             start_guard(node)
         yield Fleet(control_plane, nodes)
     finally:

@@ -395,3 +395,37 @@ def test_a_waiter_that_stopped_asking_is_forgotten_and_its_watch_ends(logged, mo
         await a.release()
 
     asyncio.run(scenario())
+
+
+def test_the_api_clients_watch_is_used_from_the_listed_resource_version(logged):
+    """With kube/api.py's Api (which has `watch`), changes() lists once, then watches from the
+    list's resourceVersion: one yield for the list, one per event, and the watch's end ends it."""
+    from nodemedic.kube.fleet import RestLeases
+
+    class WatchingApi(JsonApiFake):
+        def __init__(self) -> None:
+            super().__init__()
+            self.watched: list[str] = []
+
+        async def request(self, method: str, path: str, body=None):
+            answer = await super().request(method, path, body)
+            if method == "GET" and path.endswith("/leases"):
+                return {**answer, "metadata": {"resourceVersion": "42"}}
+            return answer
+
+        async def watch(self, path: str):
+            self.watched.append(path)
+            yield {"type": "MODIFIED", "object": {}}
+            yield {"type": "ERROR", "object": {"code": 410}}  # too old: list again
+            yield {"type": "MODIFIED", "object": {}}
+
+    async def scenario():
+        api = WatchingApi()
+        seen = [None async for _ in RestLeases(api, "nodemedic").changes()]
+        assert len(seen) == 2  # the list, one event; the ERROR ends it
+        assert api.watched and "watch=1" in api.watched[0] and "resourceVersion=42" in api.watched[0]
+        api.forbidden = True
+        with pytest.raises(slots_module.Forbidden):
+            [None async for _ in RestLeases(api, "nodemedic").changes()]
+
+    asyncio.run(scenario())

@@ -469,3 +469,19 @@ def test_rules_choose_unit_dir_and_variant_by_suite() -> None:
     assert "ifneq ($(filter trixie forky sid unstable,$(SUITE)),)" in rules
     assert "$(PKGDIR)/$(UNITDIR)/nodemedic.service.d/notify-reload.conf" in rules
     assert "SYSTEMD_MIN := $(if $(DROP_IN),253,252)" in rules
+
+
+def test_the_kube_unit_runs_as_the_user_its_bus_policy_lets_own_org_nodemedic_kube1() -> None:
+    """nodemedic-kube.service serves the fleet guard's org.nodemedic.Kube1: the bus policy must
+    let the unit's user own it, and no one else; the .deb installs the policy."""
+    import xml.etree.ElementTree as ET
+
+    unit = parse_unit(UNITS / "nodemedic-kube.service")["Service"]
+    user = unit.get("User", ["root"])[-1]
+    assert "DynamicUser" not in unit or unit["DynamicUser"][-1] in ("no", "false")
+    policy = ET.parse(UNITS / "org.nodemedic.Kube1.conf").getroot()
+    owners = {p.get("user") for p in policy.iter("policy") for allow in p.iter("allow")
+              if allow.get("own") == "org.nodemedic.Kube1"}
+    assert owners == {user}
+    rules = (DEBIAN / "rules").read_text()
+    assert "units/org.nodemedic.Kube1.conf $(PKGDIR)/usr/share/dbus-1/system.d/org.nodemedic.Kube1.conf" in rules

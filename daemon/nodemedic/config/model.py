@@ -154,6 +154,9 @@ class Fleet:
     lease_seconds: Annotated[Seconds, Span(15, HOUR)]
     # While the API server cannot be reached: hold disruptive steps (fail closed) or let them run.
     when_unreachable: Literal["hold", "proceed"]
+    # The guard's own credentials ("" = kubernetes.kubeconfig): the kubelet's may use no Lease
+    # but its own heartbeat, so with those the guard has no identity and holds.
+    kubeconfig: Annotated[str, AbsolutePath(empty_ok=True)]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The few Kubernetes API calls the cluster side makes, over HTTPS with asyncio's own streams.
 
-Why not a client library: the calls are five (GET a Node, PATCH its status, POST/PATCH an Event,
-POST a SelfSubjectAccessReview), all JSON over HTTP/1.1, and everything here runs on the one
+Why not a client library: the calls are few (GET a Node, PATCH its status, POST/PATCH an Event,
+POST a SelfSubjectAccessReview; for the fleet guard GET/POST/PUT a Lease and a watch on the
+Leases while a slot is awaited), all JSON over HTTP/1.1, and everything here runs on the one
 asyncio loop with no thread of its own (asyncio's SSL runs in the loop). bench/kube_client.py
 compares the import cost with lightkube and kubernetes_asyncio.
 
@@ -21,6 +22,7 @@ import json
 import os
 import ssl
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,7 +191,9 @@ class Api:
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError, ValueError) as err:
             raise ApiUnreachable(f"{self.config.host}:{self.config.port}: {err or type(err).__name__}") from err
 
-    async def _request(self, method: str, path: str, body: Any, content_type: str) -> Any:
+    async def _open(self, method: str, path: str, body: Any, content_type: str
+                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int, dict[str, str]]:
+        """Send one request; the connection, the status and the headers of the answer."""
         data = b"" if body is None else json.dumps(body).encode()
         headers = {"Host": f"{self.config.host}:{self.config.port}", "Accept": "application/json",
                    "User-Agent": "nodemedic-kube", "Connection": "close", **self._auth()}
@@ -206,23 +210,62 @@ class Api:
             parts = status_line.decode("latin-1").split(" ", 2)
             if len(parts) < 2 or not parts[0].startswith("HTTP/"):
                 raise ValueError(f"not an HTTP answer: {status_line[:80]!r}")
-            status = int(parts[1])
             got: dict[str, str] = {}
             while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
                 name, _, value = line.decode("latin-1").partition(":")
                 got[name.strip().lower()] = value.strip()
+        except BaseException:
+            await _close(writer)
+            raise
+        return reader, writer, int(parts[1]), got
+
+    async def _request(self, method: str, path: str, body: Any, content_type: str) -> Any:
+        reader, writer, status, got = await self._open(method, path, body, content_type)
+        try:
             raw = await _body(reader, got)
         finally:
-            writer.close()
-            with contextlib.suppress(OSError, ssl.SSLError):
-                await writer.wait_closed()
+            await _close(writer)
+        return _parsed(status, raw)
+
+    async def watch(self, path: str, timeout: float = TIMEOUT) -> AsyncIterator[dict[str, Any]]:
+        """The events of a watch (`path` carries ?watch=1&resourceVersion=...), one JSON object a
+        line, until the server ends it (its timeoutSeconds) or the connection breaks
+        (ApiUnreachable). Only the answer's head has `timeout`: a watch is quiet while nothing
+        changes, and waiting on its socket costs no wake-up."""
         try:
-            parsed: Any = json.loads(raw) if raw else None
-        except json.JSONDecodeError:
-            parsed = raw.decode(errors="replace")
-        if status >= 400:
-            raise ApiStatus(status, parsed)
-        return parsed
+            reader, writer, status, got = await asyncio.wait_for(self._open("GET", path, None, ""), timeout)
+        except TimeoutError as err:
+            raise ApiUnreachable(f"no answer from {self.config.host}:{self.config.port} in {timeout:.0f}s") from err
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError, ValueError) as err:
+            raise ApiUnreachable(f"{self.config.host}:{self.config.port}: {err or type(err).__name__}") from err
+        try:
+            if status >= 400:
+                _parsed(status, await asyncio.wait_for(_body(reader, got), timeout))
+            chunked = got.get("transfer-encoding", "").lower() == "chunked"
+            pending = b""
+            while True:
+                if chunked:
+                    size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        return
+                    data = await reader.readexactly(size)
+                    await reader.readline()
+                else:
+                    data = await reader.read(65536)
+                    if not data:
+                        return
+                pending += data
+                if len(pending) > MAX_BODY:
+                    raise ValueError("watch event too large")
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError, ValueError) as err:
+            raise ApiUnreachable(f"{self.config.host}:{self.config.port}: watch ended: "
+                                 f"{err or type(err).__name__}") from err
+        finally:
+            await _close(writer)
 
     # -- the calls ---------------------------------------------------------------------------
 
@@ -247,6 +290,23 @@ class Api:
         answer = await self.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review)
         status = answer.get("status", {})
         return bool(status.get("allowed")), str(status.get("reason", "") or status.get("evaluationError", ""))
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError, ssl.SSLError):
+        await writer.wait_closed()
+
+
+def _parsed(status: int, raw: bytes) -> Any:
+    """The answer's JSON (or text); ApiStatus for an error status."""
+    try:
+        parsed: Any = json.loads(raw) if raw else None
+    except json.JSONDecodeError:
+        parsed = raw.decode(errors="replace")
+    if status >= 400:
+        raise ApiStatus(status, parsed)
+    return parsed
 
 
 async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:

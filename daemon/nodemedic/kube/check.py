@@ -46,15 +46,19 @@ def needs(node: str, fleet_namespace: str = FLEET_NAMESPACE) -> list[Need]:
         Need("fleet guard", "get", "leases", "coordination.k8s.io", namespace=fleet_namespace),
         Need("fleet guard", "create", "leases", "coordination.k8s.io", namespace=fleet_namespace),
         Need("fleet guard", "update", "leases", "coordination.k8s.io", namespace=fleet_namespace),
+        Need("fleet guard", "watch", "leases", "coordination.k8s.io", namespace=fleet_namespace),
     ]
 
 
-async def check(api: Api, node: str) -> tuple[list[str], bool]:
-    """Lines for the operator, and whether conditions and Events (the essentials) work."""
+async def check(api: Api, node: str, guard: Api | None = None,
+                fleet_namespace: str = FLEET_NAMESPACE) -> tuple[list[str], bool]:
+    """Lines for the operator, and whether conditions and Events (the essentials) work. The
+    fleet guard's needs are asked with `guard` (its own kubeconfig, fleet.kubeconfig) when given."""
     lines: list[str] = []
     works: dict[str, bool] = {}
-    for need in needs(node):
-        allowed, reason = await api.can_i(need.attributes())
+    for need in needs(node, fleet_namespace):
+        asker = guard if guard is not None and need.feature == "fleet guard" else api
+        allowed, reason = await asker.can_i(need.attributes())
         works[need.feature] = works.get(need.feature, True) and allowed
         lines.append(f"{'yes' if allowed else 'NO '}  {need.show()}" + (f"  ({reason})" if reason else ""))
     for feature, ok in works.items():
@@ -62,8 +66,9 @@ async def check(api: Api, node: str) -> tuple[list[str], bool]:
             lines.append(f"{feature}: will work")
         elif feature == "fleet guard":
             lines.append("fleet guard: will NOT work with these credentials (the kubelet's may not use "
-                         f"Leases in {FLEET_NAMESPACE}): disruptive steps hold while the guard is on; "
-                         "see docs/kubernetes.md for an identity of its own")
+                         f"Leases in {fleet_namespace}): disruptive steps hold while fleet.enabled is on; "
+                         "give fleet.kubeconfig a user in group nodemedic:fleet "
+                         "(packaging/kubernetes/rbac.yaml, docs/kubernetes.md)")
         else:
             lines.append(f"{feature}: will NOT work: grant what packaging/kubernetes/rbac.yaml grants")
     return lines, works["conditions"] and works["events"]

@@ -1,7 +1,8 @@
 """The fleet guard on nodemedic-kube's side: `serve_fleet` puts the slots (kube/slots.py) on
 the system bus (kube/slot_bus.py) and keeps them there until cancelled.
 
-It reaches the API server through lightkube's AsyncClient, on the one event loop; every call
+It reaches the API server through nodemedic-kube's own client (kube/api.py), on the one event
+loop of `nodemedic kube run`, with the guard's own kubeconfig (fleet.kubeconfig): every call
 has a timeout, and the D-Bus method answers whatever happens (held, with the reason), so the
 repair daemon never waits on the API server. When the daemon's bus name vanishes while this
 node holds a slot (the daemon stopped, crashed or was killed mid-step), the slot is released.
@@ -25,90 +26,15 @@ from nodemedic.kube.slots import Conflict, Forbidden, LeaseRecord, Slots, Unreac
 DAEMON_BUS_NAME = "org.nodemedic1"  # the repair daemon's name (report/dbus_api.py)
 
 
-class LightkubeLeases:
-    """kube/slots.py's LeaseApi on lightkube: the API server's answers mapped to three kinds."""
-
-    def __init__(self, client: Any, namespace: str) -> None:
-        self.client = client
-        self.namespace = namespace
-
-    async def _call(self, coro: Any) -> Any:
-        from lightkube import ApiError  # imported here: the daemon's side never loads lightkube
-
-        try:
-            return await coro
-        except ApiError as err:
-            code = err.status.code if err.status is not None else 0
-            if code == 409:
-                raise Conflict(str(err)) from None
-            if code == 404:
-                raise LookupError(str(err)) from None
-            if code in (401, 403) or 400 <= (code or 0) < 500:
-                raise Forbidden(f"{code} {err.status.reason or ''}: {err}".strip()) from None
-            raise Unreachable(f"{code}: {err}") from None
-        except (Conflict, Forbidden, Unreachable, LookupError):
-            raise
-        except Exception as err:  # connection refused, TLS, timeout: no answer at all
-            raise Unreachable(f"{type(err).__name__}: {err}") from None
-
-    @staticmethod
-    def _record(lease: Any) -> LeaseRecord:
-        spec = lease.to_dict().get("spec", {})
-        return LeaseRecord(holder=spec.get("holderIdentity") or "", duration=int(spec.get("leaseDurationSeconds") or 0),
-                           renew=str(spec.get("renewTime") or ""), acquire=str(spec.get("acquireTime") or ""),
-                           transitions=int(spec.get("leaseTransitions") or 0),
-                           version=lease.metadata.resourceVersion or "")
-
-    def _lease(self, name: str, record: LeaseRecord) -> Any:
-        from lightkube.resources.coordination_v1 import Lease
-
-        spec: dict[str, object] = {"holderIdentity": record.holder or None,
-                                   "leaseDurationSeconds": record.duration,
-                                   "leaseTransitions": record.transitions}
-        if record.renew:
-            spec["renewTime"] = record.renew
-        if record.acquire:
-            spec["acquireTime"] = record.acquire
-        metadata: dict[str, object] = {"name": name, "namespace": self.namespace,
-                                       "labels": {"app.kubernetes.io/managed-by": "nodemedic"}}
-        if record.version:
-            metadata["resourceVersion"] = record.version  # optimistic concurrency: 409 if it moved
-        return Lease.from_dict({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                                "metadata": metadata, "spec": spec})
-
-    async def get(self, name: str) -> LeaseRecord | None:
-        from lightkube.resources.coordination_v1 import Lease
-
-        try:
-            return self._record(await self._call(self.client.get(Lease, name, namespace=self.namespace)))
-        except LookupError:
-            return None
-
-    async def create(self, name: str, lease: LeaseRecord) -> LeaseRecord:
-        try:
-            return self._record(await self._call(self.client.create(self._lease(name, lease))))
-        except LookupError as err:  # the namespace does not exist
-            raise Forbidden(f"namespace {self.namespace!r} not found: {err}") from None
-
-    async def replace(self, name: str, lease: LeaseRecord) -> LeaseRecord:
-        try:
-            return self._record(await self._call(self.client.replace(self._lease(name, lease))))
-        except LookupError:  # deleted since we read it: somebody else's doing, as a conflict
-            raise Conflict(f"lease {name} was deleted") from None
-
-    async def changes(self) -> AsyncIterator[None]:
-        from lightkube.resources.coordination_v1 import Lease
-
-        async for _op, _obj in self.client.watch(Lease, namespace=self.namespace):
-            yield None
-
-
 class RestLeases:
-    """kube/slots.py's LeaseApi over a plain JSON client: any object with
-    `async request(method, path, body=None)` returning the parsed answer and raising an exception
-    with an int `.status` for an error status (nodemedic.kube.api.Api), anything else for no
-    answer. Without a watch on such a client, `changes()` lists the slots every few seconds,
-    and only while a request waits (kube/slots.py runs it only then)."""
+    """kube/slots.py's LeaseApi over kube/api.py's Api: `request(method, path, body=None)`
+    returning the parsed answer or raising an exception with an int `.status` for an error
+    status (anything else: no answer), and `watch(path)` yielding a watch's events.
+
+    `changes()` lists the Leases (their resourceVersion), then watches from there: a waiting
+    node hears of a released slot within the API server's watch latency. kube/slots.py runs it
+    only while a request waits, so an idle guard holds no connection and wakes for nothing. A
+    client without `watch` is listed every POLL seconds instead (the unit tests' fake)."""
 
     POLL = 5.0
 
@@ -121,16 +47,7 @@ class RestLeases:
         try:
             return await self.client.request(method, path, body)
         except Exception as err:  # noqa: BLE001 - sorted into the three kinds the slots know
-            status = getattr(err, "status", None)
-            if not isinstance(status, int):
-                raise Unreachable(f"{type(err).__name__}: {err}") from None
-            if status == 409:
-                raise Conflict(str(err)) from None
-            if status == 404:
-                raise LookupError(str(err)) from None
-            if 400 <= status < 500:
-                raise Forbidden(str(err)) from None
-            raise Unreachable(str(err)) from None
+            raise _sorted(err) from None
 
     @staticmethod
     def _record(lease: dict[str, Any]) -> LeaseRecord:
@@ -172,6 +89,20 @@ class RestLeases:
             raise Conflict(f"lease {name} was deleted") from None
 
     async def changes(self) -> AsyncIterator[None]:
+        if hasattr(self.client, "watch"):
+            listed = await self._call("GET", self.base)
+            yield None  # something may have changed before the watch began
+            version = str(((listed or {}).get("metadata") or {}).get("resourceVersion") or "")
+            # timeoutSeconds: the server ends the watch after a while; kube/slots.py opens a new one.
+            try:
+                async for event in self.client.watch(f"{self.base}?watch=1&allowWatchBookmarks=false"
+                                                     f"&timeoutSeconds=300&resourceVersion={version}"):
+                    if event.get("type") == "ERROR":  # e.g. 410 Gone: list again
+                        return
+                    yield None
+            except Exception as err:  # noqa: BLE001 - sorted into the kinds the slots know
+                raise _sorted(err) from None
+            return
         seen: dict[str, str] | None = None
         while True:
             listed = await self._call("GET", self.base)
@@ -183,12 +114,25 @@ class RestLeases:
             await asyncio.sleep(self.POLL)
 
 
+def _sorted(err: Exception) -> Exception:
+    """`err` as one of the kinds kube/slots.py knows: Conflict, LookupError (404), Forbidden,
+    Unreachable (no answer, or 5xx)."""
+    status = getattr(err, "status", None)
+    if not isinstance(status, int):
+        return Unreachable(f"{type(err).__name__}: {err}")
+    if status == 409:
+        return Conflict(str(err))
+    if status == 404:
+        return LookupError(str(err))
+    if 400 <= status < 500:
+        return Forbidden(str(err))
+    return Unreachable(str(err))
+
+
 def leases_for(client: Any, namespace: str) -> Any:
-    """The LeaseApi for `client`: lightkube's AsyncClient, a plain JSON client, or None."""
+    """The LeaseApi for `client` (kube/api.py's Api), or for None: no usable kubeconfig."""
     if client is None:
         return _NoClient()
-    if type(client).__module__.startswith("lightkube"):
-        return LightkubeLeases(client, namespace)
     return RestLeases(client, namespace)
 
 
@@ -200,8 +144,8 @@ def node_name(settings: Any) -> str:
 
 
 async def serve_fleet(bus: MessageBus, client: Any, settings: Any, me: str | None = None) -> None:
-    """Own org.nodemedic.Kube1 on `bus` and answer slot requests until cancelled. `client` is a
-    lightkube AsyncClient or a plain JSON client (see RestLeases); None: no usable kubeconfig,
+    """Own org.nodemedic.Kube1 on `bus` and answer slot requests until cancelled. `client` is
+    kube/api.py's Api on the guard's kubeconfig (see RestLeases); None: no usable kubeconfig,
     every request is held with the reason."""
     fleet = settings.fleet
     me = me or node_name(settings)

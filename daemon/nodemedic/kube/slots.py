@@ -9,7 +9,7 @@ never compared with our clock, so clocks may disagree. A takeover is a replace c
 resourceVersion we observed: if anyone wrote the Lease since, the API server answers 409 and
 the takeover is lost, not doubled.
 
-The API is reached through `LeaseApi` (kube/fleet.py adapts lightkube to it), so this module is
+The API is reached through `LeaseApi` (kube/fleet.py adapts kube/api.py to it), so this module is
 plain asyncio and tested without an API server.
 """
 
@@ -160,7 +160,8 @@ class Slots:
                 answer = await self._acquire(problem)
             except Forbidden as err:
                 detail = (f"no identity for the fleet slots: these credentials may not use Leases in this "
-                          f"namespace ({err}); the kubelet's never may (NodeRestriction), see fleet-rbac.yaml")
+                          f"namespace ({err}); the kubelet's never may (NodeRestriction): set fleet.kubeconfig, "
+                          f"see packaging/kubernetes/rbac.yaml")
                 self._troubled("identity", detail)
                 answer = Answer(False, (), f"fleet guard has no identity ({err})")
             except Unreachable as err:
