@@ -66,3 +66,64 @@ def test_a_signature_for_an_undefined_problem_fails_the_catalogue_test(tmp_path)
     assert done.returncode == 1, done.stdout[-4000:]
     assert "define these problems in nodemedic/problems.py" in done.stdout
     assert "throwaway-problem" in done.stdout
+
+
+# A reporter is one module under report/ and one entry in report/reporters.py's list.
+REPORTER = '''"""A throwaway reporter: tests/unit/test_where_to_add.py adds it to a copy of the tree."""
+
+from __future__ import annotations
+
+import os
+
+from nodemedic.engine.reporting import Transition
+from nodemedic.state import ProblemRecord
+
+
+class ThrowawayReporter:
+    def on_transition(self, record: ProblemRecord | None, transition: Transition) -> None:
+        with open(os.environ["NMTEST_REPORTER_OUT"], "a") as out:
+            out.write(f"{transition.problem} {transition.phase}\\n")
+
+    def on_step(self, record, step) -> None:
+        pass
+
+    def on_change(self) -> None:
+        pass
+'''
+DRIVE = """
+import sys
+from nodemedic.daemon import Daemon, load
+from nodemedic.engine.reporting import Transition
+from nodemedic.hostroot import HostRoot
+from nodemedic.state import Phase
+
+root = HostRoot(sys.argv[1])
+daemon = Daemon(root, load(root))
+print(",".join(type(r).__name__ for r in daemon.reporters.reporters))
+daemon.reporters.on_transition(None, Transition("cni-config-missing", Phase.CONFIRMED, "a test"))
+"""
+
+
+def test_a_reporter_is_one_module_and_one_list_entry(tmp_path):
+    tree = tmp_path / "tree"
+    shutil.copytree(REPO, tree, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "__pycache__", "*.egg-info", ".ruff_cache", ".pytest_cache", ".hypothesis"))
+    (tree / "daemon/nodemedic/report/throwaway.py").write_text(REPORTER)
+    listing = tree / "daemon/nodemedic/report/reporters.py"
+    text = listing.read_text()
+    assert "JournalReporter()]" in text, "the list of reporters moved: update this test and the docs"
+    listing.write_text(text.replace("JournalReporter()]", "JournalReporter(), ThrowawayReporter()]").replace(
+        "from nodemedic.report.status import StatusReporter",
+        "from nodemedic.report.status import StatusReporter\nfrom nodemedic.report.throwaway import ThrowawayReporter"))
+    out = tmp_path / "reported"
+    host = tmp_path / "host"
+    host.mkdir()
+    done = subprocess.run([sys.executable, "-c", "import tests.conftest\n" + DRIVE, str(host)], cwd=tree,
+                          capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "NMTEST_REPORTER_OUT": str(out)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("JournalReporter,ThrowawayReporter"), done.stdout
+    assert out.read_text() == "cni-config-missing confirmed\n"
+    # ...and the layers still hold with it (a reporter sits above the engine it listens to).
+    layers = pytest_in(tree, ["tests/unit/test_layers.py"])
+    assert layers.returncode == 0, layers.stdout[-3000:]
