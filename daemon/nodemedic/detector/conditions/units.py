@@ -8,18 +8,18 @@ from collections.abc import Collection
 
 from nodemedic.detector.conditions.base import Finding, NodeView, UnitCondition
 from nodemedic.detector.detector import Suspicion
+from nodemedic.problems import RUNTIME_DOWN, crash_loop_problem
 from nodemedic.sources.events import UnitChanged
 
 
 def unit_condition(change: UnitChanged, runtime_unit: str) -> Suspicion | None:
     """A crash loop (systemd waiting to restart it again) or the runtime being down."""
     if change.sub_state == "auto-restart":
-        stem = change.unit.removesuffix(".service")
-        return Suspicion(f"{stem}-crash-loop", "unit:auto-restart",
+        return Suspicion(crash_loop_problem(change.unit), "unit:auto-restart",
                          detail=f"{change.unit} is crash-looping ({change.n_restarts} restarts, {change.result})")
     # Only "failed": an operator's `systemctl stop` leaves it inactive, and that is their call.
     if change.unit == runtime_unit and change.active_state == "failed":
-        return Suspicion("runtime-down", "unit:failed", detail=f"{change.unit} failed ({change.result})")
+        return Suspicion(RUNTIME_DOWN, "unit:failed", detail=f"{change.unit} failed ({change.result})")
     return None
 
 
@@ -28,9 +28,9 @@ def unit_recovered(change: UnitChanged, runtime_unit: str, exhausted: Collection
     again, so that the problem clears once its live probe is healthy (no log line would)."""
     if change.active_state != "active" or change.sub_state != "running":
         return []
-    problems = [f"{change.unit.removesuffix('.service')}-crash-loop"]
+    problems = [crash_loop_problem(change.unit)]
     if change.unit == runtime_unit:
-        problems.append("runtime-down")
+        problems.append(RUNTIME_DOWN)
     return [Suspicion(p, "unit:running", detail=f"{change.unit} is running again") for p in problems if p in exhausted]
 
 
