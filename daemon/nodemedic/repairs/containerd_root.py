@@ -15,7 +15,7 @@ from pathlib import Path
 from nodemedic.mounts import read_mountinfo
 from nodemedic.probes.procs import pids_by_comm
 from nodemedic.repairs.context import RepairContext
-from nodemedic.repairs.remedy_probes import runtime_ready
+from nodemedic.repairs.remedy_probes import runtime_settled
 from nodemedic.repairs.step import StepClass
 from nodemedic.repairs.units import start_unit, stop_unit
 
@@ -74,4 +74,4 @@ class MoveRootAside:
                "containerd and kubelet started fresh"
 
     async def verify(self, ctx: RepairContext) -> bool:
-        return await runtime_ready(ctx)
+        return await runtime_settled(CONTAINERD)(ctx)

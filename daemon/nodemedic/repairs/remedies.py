@@ -18,6 +18,7 @@ from nodemedic.repairs.remedy_probes import (
     runtime_down_unless_stopped,
     runtime_ready,
     runtime_relists,
+    runtime_settled,
     unit_crash_looping,
     unit_stays_running,
 )
@@ -27,6 +28,7 @@ from nodemedic.repairs.units import RestartUnit
 
 CONTAINERD = CONTAINERD_UNIT
 KUBELET = KUBELET_UNIT
+SETTLED = runtime_settled(CONTAINERD)
 
 
 def report_only(problem: str, why: str) -> Remedy:
@@ -50,11 +52,12 @@ LADDERS: tuple[Remedy, ...] = (
     ), confirm=imagefs.imagefs_broken),
     Remedy(p.INGEST_STALE, (ingest.RemoveStaleIngests(),), confirm=ingest.stale_ingest_present),
     # A runtime that a restart does not bring back climbs to the node reset (seed 001).
+    # Healed only once it stays up: one ready answer between two crashes is not a repair.
     Remedy(p.RUNTIME_DOWN, (
-        RestartUnit(CONTAINERD, runtime_ready), GentleReset(runtime_ready), AggressiveReset(runtime_ready)),
+        RestartUnit(CONTAINERD, SETTLED), GentleReset(SETTLED), AggressiveReset(SETTLED)),
         confirm=runtime_down_unless_stopped(CONTAINERD)),
     Remedy(p.CONTAINERD_CRASH_LOOP, (
-        RestartUnit(CONTAINERD, runtime_ready), GentleReset(runtime_ready), AggressiveReset(runtime_ready)),
+        RestartUnit(CONTAINERD, SETTLED), GentleReset(SETTLED), AggressiveReset(SETTLED)),
         confirm=runtime_down_unless_stopped(CONTAINERD)),
     Remedy(p.KUBELET_CRASH_LOOP, (
         RestartUnit(KUBELET, unit_stays_running(KUBELET), requires=runtime_ready),),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 from nodemedic.probes.cri import CriError
@@ -39,10 +40,30 @@ async def _stopped_by_operator(ctx: RepairContext, unit: str) -> bool:
     return state.active_state == "inactive" and state.result == "success"
 
 
-def runtime_down_unless_stopped(unit: str) -> Probe:
-    """The runtime does not answer, and not because an operator stopped its unit."""
+def runtime_settled(unit: str) -> Probe:
+    """Ready, still ready SETTLE_S later, and systemd has not restarted the unit in between: a
+    crash-looping containerd can answer CRI Status for a moment after a start (1.6 on a torn
+    meta.db, with the real kubelet calling it, was "verified" by one ready answer and crashed
+    again), so one ready answer proves nothing about a runtime that was crash-looping."""
     async def probe(ctx: RepairContext) -> bool:
-        return await runtime_down(ctx) and not await _stopped_by_operator(ctx, unit)
+        if not await runtime_ready(ctx):
+            return False
+        try:
+            stays = await _stays_running(ctx, unit)
+        except BusError:
+            return False
+        return stays and await runtime_ready(ctx)
+
+    return probe
+
+
+def runtime_down_unless_stopped(unit: str) -> Probe:
+    """The runtime is not settled (down, or up only between two crashes), and not because an
+    operator stopped its unit."""
+    settled = runtime_settled(unit)
+
+    async def probe(ctx: RepairContext) -> bool:
+        return not await _stopped_by_operator(ctx, unit) and not await settled(ctx)
 
     return probe
 
@@ -76,14 +97,24 @@ def _running(state: UnitChanged) -> bool:
     return state.active_state == "active" and state.sub_state == "running"
 
 
+def _up_for(state: UnitChanged) -> float:
+    """Seconds since systemd last made the unit active (both clocks are the node's CLOCK_MONOTONIC)."""
+    return time.monotonic() - state.active_since_us / 1e6 if state.active_since_us else 0.0
+
+
 async def _stays_running(ctx: RepairContext, unit: str) -> bool:
-    """Running now, and still running SETTLE_S later without systemd having restarted it."""
+    """Running without a restart for SETTLE_S: already, or after waiting out the rest of it. A unit
+    up for minutes answers at once; one just (re)started is watched until it has settled."""
     first = await ctx.bus.unit_state(unit)
     if not _running(first):
         return False
-    await asyncio.sleep(SETTLE_S)
+    up_for = _up_for(first)
+    if up_for >= SETTLE_S:
+        return True
+    await asyncio.sleep(SETTLE_S - up_for)
     later = await ctx.bus.unit_state(unit)
-    return _running(later) and later.n_restarts == first.n_restarts
+    return (_running(later) and later.n_restarts == first.n_restarts
+            and later.active_since_us == first.active_since_us)
 
 
 def unit_stays_running(unit: str) -> Probe:
@@ -97,14 +128,15 @@ def unit_stays_running(unit: str) -> Probe:
 
 
 def unit_crash_looping(unit: str) -> Probe:
-    """systemd keeps restarting it: waiting to restart, or not staying up. A unit an operator
-    stopped (inactive) is not crash-looping."""
+    """systemd keeps restarting it: anything but staying up counts, since between two crashes a
+    looping unit also passes through deactivating, dead and activating, and one look at any of
+    them must not clear an exhausted loop (the next crash would start a fresh climb). A unit an
+    operator stopped (inactive, result success) is not crash-looping."""
     async def probe(ctx: RepairContext) -> bool:
         try:
-            state = await ctx.bus.unit_state(unit)
-            if state.sub_state == "auto-restart":
-                return True
-            return _running(state) and not await _stays_running(ctx, unit)
+            if await _stopped_by_operator(ctx, unit):
+                return False
+            return not await _stays_running(ctx, unit)
         except BusError:
             return False
 

@@ -24,6 +24,9 @@ class UnitChanged:
     sub_state: str
     n_restarts: int
     result: str
+    # When systemd last entered "active" for it, in CLOCK_MONOTONIC µs (ActiveEnterTimestamp-
+    # Monotonic; 0: never, or not read). A restart of any kind moves it.
+    active_since_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,7 +105,9 @@ class SystemdBus:
             [service] = await self._call(path, PROPERTIES, "GetAll", "s", ["org.freedesktop.systemd1.Service"])
         return UnitChanged(unit=unit, active_state=props["ActiveState"].value, sub_state=props["SubState"].value,
                            n_restarts=int(service["NRestarts"].value) if "NRestarts" in service else 0,
-                           result=service["Result"].value if "Result" in service else "")
+                           result=service["Result"].value if "Result" in service else "",
+                           active_since_us=int(props["ActiveEnterTimestampMonotonic"].value)
+                           if "ActiveEnterTimestampMonotonic" in props else 0)
 
     async def unit_job(self, verb: str, unit: str, timeout: float) -> str:
         """RestartUnit/StartUnit/StopUnit and wait for the job; returns systemd's job result."""
