@@ -27,10 +27,6 @@ async def runtime_ready(ctx: RepairContext) -> bool:
     return status is not None and status.runtime_ready
 
 
-async def runtime_down(ctx: RepairContext) -> bool:
-    return not await runtime_ready(ctx)
-
-
 async def _stopped_by_operator(ctx: RepairContext, unit: str) -> bool:
     """A clean `systemctl stop` (inactive, result success) is an operator's call, never undone."""
     try:
