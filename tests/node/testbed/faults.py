@@ -390,12 +390,30 @@ def kill_containerd(node: Node, signal: str = "SIGKILL") -> Fault:
 META_DB = f"{CONTAINERD_ROOT}/io.containerd.metadata.v1.bolt/meta.db"
 # Pages 2-5 (bbolt's freelist and first data pages) overwritten in place with one fixed byte, as
 # after a torn write: always the same real panic in bbolt's freelist read, "invalid freelist page".
+# Tears the pages bbolt must read at every open: the root bucket and the freelist named by both
+# meta pages (page header 16 bytes, then magic, version, page size, flags, root pgid at 32,
+# freelist pgid at 48). containerd opens with NoFreelistSync (freelist pgid all ones), so bbolt
+# walks the whole tree from the root at every open and panics on the torn root. Fixed page
+# numbers are not enough: bbolt writes copy-on-write to new pages at every commit, so after a
+# few of containerd's starts the reachable pages had moved past a fixed tear of pages 2-5 and
+# containerd came up clean (a CI run waited in vain for the panic).
 _TEAR_META = """
-import os, sys
-fd = os.open(sys.argv[1], os.O_WRONLY)
-os.pwrite(fd, b"\\x4e" * 4 * 4096, 2 * 4096)
+import os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+size = os.fstat(fd).st_size
+page_size = struct.unpack_from("<I", os.pread(fd, 64, 0), 24)[0]
+torn = set()
+for meta in (0, 1):
+    head = os.pread(fd, 64, meta * page_size)
+    magic, root, freelist = struct.unpack_from("<I", head, 16)[0], *struct.unpack_from("<Q8xQ", head, 32)
+    assert magic == 0xED0CDAED, f"meta page {meta}: not a bolt file"
+    torn |= {p for p in (root, freelist) if 2 <= p and (p + 1) * page_size <= size}
+assert torn, "no page to tear"
+for p in sorted(torn):
+    os.pwrite(fd, b"\\x4e" * page_size, p * page_size)
 os.fsync(fd)
 os.close(fd)
+print(" ".join(map(str, sorted(torn))))
 """
 
 
@@ -405,15 +423,15 @@ def moved_aside_roots(node: Node) -> list[str]:
 
 
 def corrupt_containerd_metadata(node: Node) -> Fault:
-    """Tear meta.db while containerd is stopped (a copy of the original kept), then start it:
-    containerd 1.6 panics inside bbolt at every start, restarted every 5 s by Debian's unit.
+    """Tear meta.db's root page while containerd is stopped (a copy of the original kept), then
+    start it: containerd panics inside bbolt at every start, restarted every 5 s by Debian's unit.
     info["sha256"] is the corrupt file's. Restore puts the original root back, whatever root a
     repair left (a root moved aside is moved back, the fresh one dropped)."""
     backup = f"{BACKUP_DIR}/meta.db.orig"
     node.systemctl("stop", "containerd")
     node.run(["mkdir", "-p", BACKUP_DIR])
     node.run(["cp", "-a", "--", META_DB, backup])
-    node.run([NODE_PYTHON, "-c", _TEAR_META, META_DB])
+    torn = node.run([NODE_PYTHON, "-c", _TEAR_META, META_DB]).stdout.split()
     corrupt = node.run(["sha256sum", "--", META_DB]).stdout.split()[0]
     node.systemctl("start", "--no-block", "containerd")
 
@@ -427,7 +445,7 @@ def corrupt_containerd_metadata(node: Node) -> Fault:
         node.systemctl("start", "containerd")
         wait_for(lambda: node.cri_status().runtime_ready, timeout=60, what="containerd on its original root")
 
-    return Fault("corrupt-containerd-metadata", restore, {"sha256": corrupt, "path": META_DB})
+    return Fault("corrupt-containerd-metadata", restore, {"sha256": corrupt, "path": META_DB, "torn_pages": torn})
 
 
 # ---- journal --------------------------------------------------------------------------------------
