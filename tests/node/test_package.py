@@ -139,7 +139,11 @@ def pkg_node(request: pytest.FixtureRequest, debs: dict[str, Path], stack: Stack
     node = boot_node("nm-package", install=False, stack=stack)
     try:
         # The image carries a nodemedic runtime for the other node tests: the package must not
-        # lean on it, so it goes (and with it /opt/venvs, which the package then owns).
+        # lean on it, so it goes (and with it /opt/venvs, which the package then owns). The
+        # kubelet stand-in runs on that runtime and, starting at boot, writes __pycache__ into it
+        # while rm walks it ("Directory not empty" in CI): it is stopped first, and stays stopped
+        # (nothing here needs a kubelet, and without its runtime it could only crash-loop).
+        node.systemctl("stop", "kubelet.service")
         node.run(["rm", "-rf", "--", "/opt/venvs"])
         for key, deb in debs.items():
             node.write_file(f"/var/tmp/{deb.name}", deb.read_bytes())
