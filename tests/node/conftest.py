@@ -111,10 +111,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def _dump(node: Node) -> None:
-    """What CI needs to debug a failed node test: failed units and the journal's tail."""
+    """What CI needs to debug a failed node test: failed units, nodemedic's own decisions (the
+    journal's tail alone is mostly the module's teardown: containerd's 80 start-up lines per
+    restart push them out), and the journal's tail."""
     try:
         print(f"\n===== node {node.name}: systemctl --failed =====", file=sys.stderr)
         print(node.systemctl("--failed", "--no-legend", check=False).stdout, file=sys.stderr)
+        print(f"===== node {node.name}: nodemedic's journal (last 100) =====", file=sys.stderr)
+        units = ("nodemedic.service", "nodemedic-step@*.service", "nodemedic-kube.service")
+        argv = ["journalctl", "--no-pager", "-n", "100", *(f"--unit={u}" for u in units)]
+        print(node.run(argv, check=False).stdout, file=sys.stderr)
         print(f"===== node {node.name}: journal (last 150) =====", file=sys.stderr)
         print(node.run(["journalctl", "--no-pager", "-n", "150"], check=False).stdout, file=sys.stderr)
     except Exception as e:  # noqa: BLE001 - diagnostics must not hide the real failure
