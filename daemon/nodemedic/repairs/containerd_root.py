@@ -21,6 +21,7 @@ from nodemedic.repairs.units import start_unit, stop_unit
 
 CONTAINERD = "containerd.service"
 KUBELET = "kubelet.service"
+CONTAINERD_SETTLED = runtime_settled(CONTAINERD)
 
 
 def running_shims(proc: Path = Path("/proc")) -> list[int]:
@@ -74,4 +75,4 @@ class MoveRootAside:
                "containerd and kubelet started fresh"
 
     async def verify(self, ctx: RepairContext) -> bool:
-        return await runtime_settled(CONTAINERD)(ctx)
+        return await CONTAINERD_SETTLED(ctx)

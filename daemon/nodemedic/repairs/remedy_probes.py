@@ -27,13 +27,16 @@ async def runtime_ready(ctx: RepairContext) -> bool:
     return status is not None and status.runtime_ready
 
 
-async def _stopped_by_operator(ctx: RepairContext, unit: str) -> bool:
+def _operator_stopped(state: UnitChanged) -> bool:
     """A clean `systemctl stop` (inactive, result success) is an operator's call, never undone."""
+    return state.active_state == "inactive" and state.result == "success"
+
+
+async def _stopped_by_operator(ctx: RepairContext, unit: str) -> bool:
     try:
-        state = await ctx.bus.unit_state(unit)
+        return _operator_stopped(await ctx.bus.unit_state(unit))
     except BusError:
         return False
-    return state.active_state == "inactive" and state.result == "success"
 
 
 def runtime_settled(unit: str) -> Probe:
@@ -98,10 +101,12 @@ def _up_for(state: UnitChanged) -> float:
     return time.monotonic() - state.active_since_us / 1e6 if state.active_since_us else 0.0
 
 
-async def _stays_running(ctx: RepairContext, unit: str) -> bool:
+async def _stays_running(ctx: RepairContext, unit: str, first: UnitChanged | None = None) -> bool:
     """Running without a restart for SETTLE_S: already, or after waiting out the rest of it. A unit
-    up for minutes answers at once; one just (re)started is watched until it has settled."""
-    first = await ctx.bus.unit_state(unit)
+    up for minutes answers at once; one just (re)started is watched until it has settled. `first`:
+    the unit's state if the caller has just read it."""
+    if first is None:
+        first = await ctx.bus.unit_state(unit)
     if not _running(first):
         return False
     up_for = _up_for(first)
@@ -130,9 +135,8 @@ def unit_crash_looping(unit: str) -> Probe:
     operator stopped (inactive, result success) is not crash-looping."""
     async def probe(ctx: RepairContext) -> bool:
         try:
-            if await _stopped_by_operator(ctx, unit):
-                return False
-            return not await _stays_running(ctx, unit)
+            state = await ctx.bus.unit_state(unit)
+            return not _operator_stopped(state) and not await _stays_running(ctx, unit, state)
         except BusError:
             return False
 
