@@ -94,7 +94,7 @@ def test_a_runtime_ready_for_a_moment_between_crashes_is_still_down():
     probe = runtime_down_unless_stopped("containerd.service")
     just_started = _state("active", "running", 3, up_for=0.0)
     crashed = _state("activating", "auto-restart", 4, "exit-code")
-    assert asyncio.run(probe(_ctx(ScriptedBusMock(just_started, just_started, crashed))))
+    assert asyncio.run(probe(_ctx(ScriptedBusMock(just_started, crashed))))
     assert not asyncio.run(probe(_ctx(ScriptedBusMock(_state("active", "running", up_for=60)))))
     assert asyncio.run(probe(_ctx(ScriptedBusMock(_state("active", "running", up_for=60)), ready=False)))
     assert not asyncio.run(probe(_ctx(ScriptedBusMock(_state("inactive", "dead")), ready=False)))

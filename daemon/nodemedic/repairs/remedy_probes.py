@@ -32,11 +32,14 @@ def _operator_stopped(state: UnitChanged) -> bool:
     return state.active_state == "inactive" and state.result == "success"
 
 
-async def _stopped_by_operator(ctx: RepairContext, unit: str) -> bool:
+async def _runtime_settled(ctx: RepairContext, unit: str, state: UnitChanged | None = None) -> bool:
+    if not await runtime_ready(ctx):
+        return False
     try:
-        return _operator_stopped(await ctx.bus.unit_state(unit))
+        stays = await _stays_running(ctx, unit, state)
     except BusError:
         return False
+    return stays and await runtime_ready(ctx)
 
 
 def runtime_settled(unit: str) -> Probe:
@@ -45,24 +48,20 @@ def runtime_settled(unit: str) -> Probe:
     meta.db, with the real kubelet calling it, was "verified" by one ready answer and crashed
     again), so one ready answer proves nothing about a runtime that was crash-looping."""
     async def probe(ctx: RepairContext) -> bool:
-        if not await runtime_ready(ctx):
-            return False
-        try:
-            stays = await _stays_running(ctx, unit)
-        except BusError:
-            return False
-        return stays and await runtime_ready(ctx)
+        return await _runtime_settled(ctx, unit)
 
     return probe
 
 
 def runtime_down_unless_stopped(unit: str) -> Probe:
     """The runtime is not settled (down, or up only between two crashes), and not because an
-    operator stopped its unit."""
-    settled = runtime_settled(unit)
-
+    operator stopped its unit. One look at the unit serves both questions."""
     async def probe(ctx: RepairContext) -> bool:
-        return not await _stopped_by_operator(ctx, unit) and not await settled(ctx)
+        try:
+            state = await ctx.bus.unit_state(unit)
+        except BusError:
+            return True  # neither an operator's stop nor a settled unit can be seen
+        return not _operator_stopped(state) and not await _runtime_settled(ctx, unit, state)
 
     return probe
 
