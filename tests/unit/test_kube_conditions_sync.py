@@ -118,3 +118,41 @@ def test_a_problem_healed_before_details_is_read_still_shows_true_first(said: li
     assert [(c["status"], c["reason"]) for c in shown] == [
         ("True", "CniConfigMissing"), ("True", "CniConfigMissing"), ("False", "ContainerNetworkIsHealthy")]
     assert "step 1 of 2 (cni-placeholder)" in shown[1]["message"]
+
+
+def test_a_transition_that_arrives_during_a_round_waits_for_a_fresh_read(said: list[str]) -> None:
+    """The step starts while the round that read "confirmed" awaits the API server: its Event
+    must name the step, so it is sent by the next round, after Details() is read again."""
+    api = ApiStandin()
+    api.node_obj = {"metadata": {"uid": "u1"}, "status": {"conditions": []}}
+    s = side(api)
+    assert asyncio.run(s.sync())
+    confirmed = ProblemView("cni-config-missing", ProblemClass.NETWORK, "confirmed", attempts=0, budget=3)
+    running = ProblemView("cni-config-missing", ProblemClass.NETWORK, "repairing", step="cni-placeholder",
+                          step_index=1, steps=2, attempts=1, budget=3)
+    views = iter([confirmed, running])
+
+    async def read_daemon() -> None:
+        s.problems = [next(views)]
+
+    def arrive(state: str) -> None:
+        s.received += 1
+        for queue in (s.pending, s.unshown):
+            queue.append(kube_run.Transition("cni-config-missing", state, 1.0, s.received))
+
+    create_event = api.create_event
+
+    async def create_event_while_the_step_starts(event: dict[str, Any]) -> None:
+        await create_event(event)
+        if event["reason"] == "ProblemConfirmed":
+            arrive("repairing")
+
+    s.read_daemon = read_daemon  # type: ignore[method-assign]  # no bus here
+    api.create_event = create_event_while_the_step_starts  # type: ignore[method-assign]
+    arrive("confirmed")
+    assert asyncio.run(s.sync())
+    assert [e["reason"] for e in api.events] == ["ProblemConfirmed"]
+    assert [t.state for t in s.pending] == ["repairing"]
+    assert asyncio.run(s.sync())
+    assert [e["reason"] for e in api.events] == ["ProblemConfirmed", "RepairStepStarted"]
+    assert "step 1 of 2 (cni-placeholder)" in api.events[1]["message"], api.events[1]

@@ -49,6 +49,7 @@ class Transition:
     problem: str
     state: str
     at: float
+    seq: int = 0  # the order it arrived in: KubeSide.received when it came
 
 
 @dataclass
@@ -89,6 +90,7 @@ class KubeSide:
 
     def __post_init__(self) -> None:
         self.signalled = 0.0  # when the daemon's last ProblemChanged arrived (monotonic)
+        self.received = 0  # ProblemChanged signals so far; a Transition's seq
         self.recorder = events.Recorder(self.settings.node_name)
         self.host = self.settings.node_name
         self._dropped_said = 0
@@ -123,7 +125,8 @@ class KubeSide:
         if message.message_type != MessageType.SIGNAL:
             return False
         if message.member == "ProblemChanged" and message.interface == INTERFACE and len(message.body) == 2:
-            transition = Transition(str(message.body[0]), str(message.body[1]), time.time())
+            self.received += 1
+            transition = Transition(str(message.body[0]), str(message.body[1]), time.time(), self.received)
             self.pending.append(transition)
             self.unshown.append(transition)
             self.signalled = time.monotonic()
@@ -174,6 +177,11 @@ class KubeSide:
         """One round: the daemon's view to the Node. True when everything is in step."""
         api = self._client()
         started = time.monotonic()
+        # Only the transitions that came before Details() was asked for are described by its
+        # answer: one that arrives while this round awaits the API server (the ladder's step
+        # starting just after the confirmation) waits for the next round and its fresh read.
+        # The signal that brought it has set `wake`, so that round comes at once.
+        seen = self.received
         await self.read_daemon()
         read = time.monotonic()
         if not await self._node(api):
@@ -181,13 +189,13 @@ class KubeSide:
         # Every transition shows on the Node, in order, even one Details() is already past: the
         # daemon, busy with the step, may answer only after a placeholder healed in 30 ms, and
         # a problem confirmed and healed must still be seen (a watch, `kubectl get -w`).
-        while self.unshown:
+        while self.unshown and self.unshown[0].seq <= seen:
             await self._send(api, self._as_of(self.unshown[0]), False, started, read)
             self.unshown.popleft()
         now = time.time()
         heartbeat = self.daemon_present and now - self.last_sent >= HEARTBEAT
         await self._send(api, self.problems, heartbeat, started, read)
-        await self.send_events(api)
+        await self.send_events(api, seen)
         return True
 
     def _as_of(self, t: Transition) -> list[ProblemView]:
@@ -220,9 +228,9 @@ class KubeSide:
             DEBUG, details_ms=f"{(read - started) * 1000:.1f}", patch_ms=f"{(done - read) * 1000:.1f}",
             since_signal_ms=f"{(done - self.signalled) * 1000:.1f}" if self.signalled else None)
 
-    async def send_events(self, api: Api) -> None:
+    async def send_events(self, api: Api, seen: int) -> None:
         by_problem = {p.problem: p for p in self.problems}
-        while self.pending:
+        while self.pending and self.pending[0].seq <= seen:
             t = self.pending[0]
             reason_type = events.REASONS.get(t.state)
             if reason_type is None or self.node_uid is None:
