@@ -542,3 +542,31 @@ def test_a_flap_of_the_same_step_still_backs_off_exponentially(tmp_path):
     engine.ctx.state.problems["demo"].not_before = time.time() + 60
     asyncio.run(episode(engine))
     assert placeholder.applied == 3 and "cooling down" in store.load().problems["demo"].detail
+
+
+def test_a_live_fault_after_a_heal_waits_for_the_probe_to_catch_up_and_a_late_line_does_not(tmp_path):
+    """After a heal, the CNI dir emptied again: containerd's CRI status still says ready at the
+    first look (it reloads on its own fsnotify event). A live finding gets the confirmation's
+    chances and is repaired; a late journal line about the healed outage is dismissed."""
+    looks = []
+
+    async def broken_from_the_second_look(ctx) -> bool:
+        looks.append(1)
+        return len(looks) % 2 == 0  # each episode: healthy at the first look, broken at the next
+
+    step = FakeStep("placeholder", heals=True)
+    engine, store = make_engine(tmp_path, [step], confirm=broken_from_the_second_look)
+    asyncio.run(episode(engine))
+    assert store.load().problems["demo"].phase == Phase.HEALED and step.applied == 1
+    looks.clear()
+    asyncio.run(episode(engine))  # a late line: one look, healthy
+    assert step.applied == 1 and len(looks) == 1 and store.load().problems["demo"].phase == Phase.HEALED
+    looks.clear()
+    engine.ctx.state.problems["demo"].not_before = 0.0  # the cooldown has passed
+
+    async def live_episode() -> None:
+        engine.suspect(Suspicion("demo", "path:cni_conf_dir", detail="no CNI config", live=True))
+        await engine.idle()
+
+    asyncio.run(live_episode())
+    assert step.applied == 2 and store.load().problems["demo"].phase == Phase.HEALED

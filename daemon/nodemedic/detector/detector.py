@@ -22,6 +22,10 @@ class Suspicion:
     detail: str = ""
     # The operator asked for it (nodemedic repair): no cooldown, and "disabled" does not apply.
     forced: bool = False
+    # The evidence is the node as it is now (a path condition: no CNI config in the dir), not
+    # a line about the past: after a heal it is confirmed like any fault, never dismissed by
+    # one look at a component that may not have caught up yet.
+    live: bool = False
 
 
 class _Hits:

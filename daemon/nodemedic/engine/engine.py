@@ -206,7 +206,7 @@ class Engine:
         healed = record.phase == Phase.HEALED
         if healed and now - record.last_change >= self.ctx.settings.policy.quiet_period:
             record.episodes = 0  # quiet long enough: the next episode starts without cooldown
-        if healed and not suspicion.forced and await self._healthy_now(suspicion.problem):
+        if healed and not (suspicion.forced or suspicion.live) and await self._healthy_now(suspicion.problem):
             return  # a late line about the outage just healed: the probe says it is still healed
         if exhausted:
             # Not "is it broken?" but "has it cleared?": the component may need a moment to catch

@@ -35,7 +35,9 @@ class CniConfDir(PathCondition):
             return findings
         if placeholder_present(conf_dir, placeholder):
             return []
-        return [Suspicion(PROBLEM, f"path:{self.name}", detail=f"no CNI config in {conf_dir}")]
+        # containerd reads the dir on its own fsnotify event: its CRI status may still say
+        # ready when this is looked at, so the engine's confirmation gives it time (live).
+        return [Suspicion(PROBLEM, f"path:{self.name}", detail=f"no CNI config in {conf_dir}", live=True)]
 
 
 CONDITION = CniConfDir()
