@@ -156,3 +156,35 @@ def test_a_transition_that_arrives_during_a_round_waits_for_a_fresh_read(said: l
     assert asyncio.run(s.sync())
     assert [e["reason"] for e in api.events] == ["ProblemConfirmed", "RepairStepStarted"]
     assert "step 1 of 2 (cni-placeholder)" in api.events[1]["message"], api.events[1]
+
+
+def test_transitions_whose_signals_came_before_details_answered_show_in_one_round_without_a_flap(
+        said: list[str]) -> None:
+    """confirmed, repairing and healed all signalled before Details() answered (a placeholder
+    heals in 30 ms): one round shows them in order, and the Node never goes back to True."""
+    api = ApiStandin()
+    api.node_obj = {"metadata": {"uid": "u1"}, "status": {"conditions": []}}
+    s = side(api)
+    assert asyncio.run(s.sync())
+    api.patches.clear()
+
+    def arrive(state: str) -> None:
+        s.received += 1
+        for queue in (s.pending, s.unshown):
+            queue.append(kube_run.Transition("cni-config-missing", state, 1.0, s.received))
+
+    async def read_daemon() -> None:  # the later signals come while the first call is on its way
+        if s.received == 1:
+            arrive("repairing")
+            arrive("healed")
+        s.problems = [ProblemView("cni-config-missing", ProblemClass.NETWORK, "healed", step="cni-placeholder",
+                                  step_index=1, steps=2, attempts=1, budget=3)]
+
+    s.read_daemon = read_daemon  # type: ignore[method-assign]  # no bus here
+    arrive("confirmed")
+    assert asyncio.run(s.sync())
+    assert asyncio.run(s.sync())
+    shown = [next(c for c in p["status"]["conditions"] if c["type"] == "ContainerNetworkProblem")["status"]
+             for p in api.patches]
+    assert shown == ["True", "True", "False"], shown
+    assert [e["reason"] for e in api.events] == ["ProblemConfirmed", "RepairStepStarted", "ProblemHealed"]

@@ -177,13 +177,13 @@ class KubeSide:
         """One round: the daemon's view to the Node. True when everything is in step."""
         api = self._client()
         started = time.monotonic()
-        # Only the transitions that came before Details() was asked for are described by its
-        # answer: one that arrives while this round awaits the API server (the ladder's step
-        # starting just after the confirmation) waits for the next round and its fresh read.
-        # The signal that brought it has set `wake`, so that round comes at once.
-        seen = self.received
         await self.read_daemon()
         read = time.monotonic()
+        # Details() describes every transition whose signal came before its answer (the daemon
+        # sends both on one connection, in order). One that arrives while this round awaits the
+        # API server (the ladder's step starting just after the confirmation) waits for the next
+        # round and its fresh read; its signal has set `wake`, so that round comes at once.
+        seen = self.received
         if not await self._node(api):
             return False
         # Every transition shows on the Node, in order, even one Details() is already past: the
