@@ -65,6 +65,13 @@ def side(api: ApiStandin) -> KubeSide:
     return s
 
 
+def arrive(s: KubeSide, state: str) -> None:
+    """A ProblemChanged signal for cni-config-missing, as KubeSide._on_message takes it in."""
+    s.received += 1
+    for queue in (s.pending, s.unshown):
+        queue.append(kube_run.Transition("cni-config-missing", state, 1.0, s.received))
+
+
 def test_waits_for_the_node_then_writes_conditions(said: list[str]) -> None:
     api = ApiStandin()
     s = side(api)
@@ -135,21 +142,16 @@ def test_a_transition_that_arrives_during_a_round_waits_for_a_fresh_read(said: l
     async def read_daemon() -> None:
         s.problems = [next(views)]
 
-    def arrive(state: str) -> None:
-        s.received += 1
-        for queue in (s.pending, s.unshown):
-            queue.append(kube_run.Transition("cni-config-missing", state, 1.0, s.received))
-
     create_event = api.create_event
 
     async def create_event_while_the_step_starts(event: dict[str, Any]) -> None:
         await create_event(event)
         if event["reason"] == "ProblemConfirmed":
-            arrive("repairing")
+            arrive(s, "repairing")
 
     s.read_daemon = read_daemon  # type: ignore[method-assign]  # no bus here
     api.create_event = create_event_while_the_step_starts  # type: ignore[method-assign]
-    arrive("confirmed")
+    arrive(s, "confirmed")
     assert asyncio.run(s.sync())
     assert [e["reason"] for e in api.events] == ["ProblemConfirmed"]
     assert [t.state for t in s.pending] == ["repairing"]
@@ -168,20 +170,15 @@ def test_transitions_whose_signals_came_before_details_answered_show_in_one_roun
     assert asyncio.run(s.sync())
     api.patches.clear()
 
-    def arrive(state: str) -> None:
-        s.received += 1
-        for queue in (s.pending, s.unshown):
-            queue.append(kube_run.Transition("cni-config-missing", state, 1.0, s.received))
-
     async def read_daemon() -> None:  # the later signals come while the first call is on its way
         if s.received == 1:
-            arrive("repairing")
-            arrive("healed")
+            arrive(s, "repairing")
+            arrive(s, "healed")
         s.problems = [ProblemView("cni-config-missing", ProblemClass.NETWORK, "healed", step="cni-placeholder",
                                   step_index=1, steps=2, attempts=1, budget=3)]
 
     s.read_daemon = read_daemon  # type: ignore[method-assign]  # no bus here
-    arrive("confirmed")
+    arrive(s, "confirmed")
     assert asyncio.run(s.sync())
     assert asyncio.run(s.sync())
     shown = [next(c for c in p["status"]["conditions"] if c["type"] == "ContainerNetworkProblem")["status"]
