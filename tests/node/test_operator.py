@@ -4,22 +4,22 @@ the metrics textfile, and `nodemedic doctor`."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nodemedic.journal import Kind
+from nodemedic.repairs import sysctl
 from tests.node.medic import CNI_DIR, empty_cni_dir, nodemedic_entries, start_nodemedic, wait_healed
 from tests.node.testbed.node import Node
+from tests.node.testbed.proc_sys import bind_proc_sys
 
 pytestmark = pytest.mark.node
 
 METRICS = "/var/lib/prometheus/node-exporter/nodemedic.prom"
-# Node-sized values (repairs/sysctl.py's targets) for doctor to read; the host's own may be lower
-# (192905 watches on a 24 GiB VM: the kernel scales its default with memory).
-INOTIFY_LIMITS = {Path("/proc/sys/fs/inotify/max_user_instances"): 8192,
-                  Path("/proc/sys/fs/inotify/max_user_watches"): 524288}
+# doctor's inotify check against the values the repair raises them to (the host's own may be
+# lower: 192905 watches on a 24 GiB VM, the kernel scales its default with memory).
+INOTIFY_LIMITS = {key.replace(".", "/"): value for key, value in sysctl.TARGETS.items()}
 
 
 def cli(node: Node, *args: str, user: str | None = None):
@@ -143,22 +143,15 @@ def test_doctor_says_healthy_on_a_clean_node_and_names_a_broken_one(medic: Node)
     medic.write_file(f"{CNI_DIR}/10-nmtest.conflist", json.dumps(real))
     # inotify limits are the host kernel's own, global settings (nodes share its kernel), which
     # the host's tests must never change: doctor only reads the value, so a file holding a
-    # node-sized value is bound over the path inside the node alone, as kube_node does for
-    # kubelet's tunables.
-    bound = []
+    # node-sized value is bound over the path inside the node alone (the test bed's
+    # bind_proc_sys, which binds kubelet's tunables too).
+    unbind = bind_proc_sys(medic, INOTIFY_LIMITS, "/run/nodemedic-test-inotify")
     try:
-        for path, value in INOTIFY_LIMITS.items():
-            holder = f"/run/nodemedic-test-{path.name}"
-            medic.write_file(holder, f"{value}\n")
-            medic.run(["mount", "--bind", holder, str(path)])
-            bound.append((path, holder))
         clean = cli(medic, "doctor", "--json")
         report = json.loads(clean.stdout)
         assert clean.returncode == 0 and report["healthy"], [f for f in report["findings"] if not f["ok"]]
     finally:
-        for path, holder in bound:
-            medic.run(["umount", str(path)])
-            medic.run(["rm", "-f", holder])
+        unbind()
     medic.systemctl("stop", "nodemedic")  # doctor needs no daemon, and nodemedic would heal the fault
     medic.systemctl("stop", "containerd")
     try:

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from . import kube, pods
 from .kube_cp import API_IP, API_PORT, ControlPlane, Identity, kubeconfig_text
 from .node import FILES, Node, wait_for
+from .proc_sys import bind_proc_sys
 
 KUBELET_BIN = "/usr/bin/kubelet"
 UNIT = "/etc/systemd/system/kubelet.service"
@@ -125,26 +126,6 @@ class Kubelet:
             raise RuntimeError("removing the kubelet left: " + "; ".join(errors))
 
 
-def _bind_kernel_tunables(node: Node) -> Callable[[], None]:
-    bound = []
-    node.run(["mkdir", "-p", SYSCTL_DIR])
-    for key, want in KERNEL_TUNABLES.items():
-        path = f"/proc/sys/{key}"
-        if int(node.read_file(path).decode().split()[0]) == want:
-            continue
-        holder = f"{SYSCTL_DIR}/{key.replace('/', '.')}"
-        node.write_file(holder, f"{want}\n")
-        node.run(["mount", "--bind", holder, path])
-        bound.append(path)
-
-    def unbind_kernel_tunables() -> None:
-        for path in reversed(bound):
-            node.run(["umount", path])
-        node.run(["rm", "-rf", SYSCTL_DIR])
-
-    return unbind_kernel_tunables
-
-
 def _dev_kmsg(node: Node) -> Callable[[], None]:
     if node.exists("/dev/kmsg"):
         return lambda: None
@@ -208,7 +189,7 @@ def install_kubelet(node: Node, cp: ControlPlane, *, start: bool = True, v: int 
         kubelet._undo.append(restore_standin)
         kubelet._undo.append(pods.enable_pod_sandboxes(node))
         kubelet._undo.append(_dev_kmsg(node))
-        kubelet._undo.append(_bind_kernel_tunables(node))
+        kubelet._undo.append(bind_proc_sys(node, KERNEL_TUNABLES, SYSCTL_DIR))
         kubelet._undo.append(_make_cgroup_root(node))
 
         ca = cp.pki.ca_cert.read_text()
