@@ -6,6 +6,7 @@ the node really is (CRI, /proc/sys)."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from nodemedic.journal import Kind
@@ -85,11 +86,15 @@ def reload_medic(node: Node) -> None:
     node.wait_for(lambda: nodemedic_entries(node, Kind.CONFIG_RELOADED, cursor), what="configuration reloaded")
 
 
-def forget(node: Node, problem: str) -> None:
-    """`nodemedic forget`: taken at once (never "busy" because an exhausted problem is being
-    re-checked), and the record is gone."""
-    result = cli(node, "forget", problem)
-    assert result.returncode == 0, result.stderr
+def forget(node: Node, problem: str, step_timeout: float = 120.0) -> None:
+    """`nodemedic forget`, and the record is gone. It is refused as busy only while a step is
+    applied or verified (an exhausted problem's re-check does not count: tests/unit/test_engine.py);
+    a teardown that restores the fault may catch a rival's ladder mid-step, which then finishes
+    within its own verification time."""
+    deadline = time.monotonic() + step_timeout
+    while (result := cli(node, "forget", problem)).returncode != 0:
+        assert "already being handled" in result.stderr and time.monotonic() < deadline, result.stderr
+        time.sleep(0.5)
     # A late line about the fault just repaired may open a new record at once; the live probe
     # finds nothing and it idles, without attempts or cooldown.
     node.wait_for(lambda: phase(node, problem) in ("", "idle"), timeout=30, what=f"{problem} forgotten")

@@ -11,7 +11,8 @@ storing entries. journald was fine: the held-back test's `nodemedic forget` had 
 ("already being handled") while an exhausted problem's health re-check ran — every panic started
 one — so the problem stayed exhausted, and a reload did not lift that. Both are fixed in the
 engine (a re-check no longer blocks forget/repair; a reload that lifts a hold re-tries the
-ladder), and `forget` here asserts it is taken at once.
+ladder). `forget` fails if it is refused for anything but a step under way: the rivals' ladders
+(below) can be mid-step when the fault is restored, and that step is let finish.
 
 In the allowed test only the ladder under test may act: containerd-crash-loop and runtime-down,
 raised by the same crash loop, are disabled there; their ladders end in the node reset, which
