@@ -8,6 +8,11 @@
 - a path is refused when the mount that holds it exposes a protected path, whatever its name:
   a protected directory bind-mounted onto an ancestor of the target (realpath does not show
   mounts) is judged by where the mount's `root` lies in its filesystem, not by its mount point;
+- a protected path is also known by its identity (st_dev, st_ino), taken when the guard is made
+  and again at each operation: a protected directory renamed into the target's directory or an
+  ancestor's place (names and mounts then look innocent) is refused once the directory is open,
+  and so is a protected file renamed onto the target or a protected directory into a tree being
+  removed;
 - removal never follows a symlink, never crosses a mount point (by mount id, checked again on
   every directory after it is opened, so a mount made during the walk is refused too), refuses
   `/`, any protected path and anything that contains one, and reports exactly what it removed.
@@ -22,7 +27,7 @@ import posixpath
 import secrets
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodemedic.mounts import MountInfo, mount_holding, read_mountinfo
@@ -37,10 +42,19 @@ class Guard:
     """The protected paths of the node, already resolved."""
 
     protected: tuple[Path, ...]
+    # (st_dev, st_ino) of each protected path that existed when the guard was made: a protected
+    # directory renamed away since then is still known for what it is.
+    identities: frozenset[tuple[int, int]] = field(default=frozenset(), compare=False)
 
     @classmethod
     def from_paths(cls, paths: Iterable[str | Path]) -> Guard:
-        return cls(tuple(Path(os.path.realpath(p)) for p in paths))
+        protected = tuple(Path(os.path.realpath(p)) for p in paths)
+        return cls(protected, _identities(protected))
+
+    def forbidden(self) -> frozenset[tuple[int, int]]:
+        """The identities no change may touch or happen inside: those taken when the guard was
+        made, and those of the protected paths now (one made since)."""
+        return self.identities | _identities(self.protected)
 
     def check(self, target: str | Path, mounts: list[MountInfo] | None = None) -> Path:
         """Refuse `/`, a protected path, a path inside one, or a path containing one, by name and
@@ -96,6 +110,47 @@ class Guard:
                                       f"({here[0]}:{here[1]})")
 
 
+def _identities(paths: Iterable[Path]) -> frozenset[tuple[int, int]]:
+    found = set()
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue  # not there (yet): judged by name, and by identity once it exists
+        found.add((st.st_dev, st.st_ino))
+    return frozenset(found)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _refuse_inside_protected(fd: int, shown: str, forbidden: frozenset[tuple[int, int]]) -> None:
+    """Refuse the open directory `fd` if it, or any directory above it, is a protected one by
+    identity. Walked up by "..", from the directory itself: where it really is now, whatever its
+    path said when it was checked."""
+    if not forbidden:
+        return
+    st = os.fstat(fd)
+    up_fd = -1
+    try:
+        while True:
+            if _identity(st) in forbidden:
+                raise UnsafeOperation(f"refusing to touch {shown}: it is inside a protected directory "
+                                      "(renamed into its place since it was checked)")
+            parent_fd = os.open("..", _DIR_FLAGS, dir_fd=fd if up_fd < 0 else up_fd)
+            if up_fd >= 0:
+                os.close(up_fd)
+            up_fd = parent_fd
+            parent = os.fstat(up_fd)
+            if _identity(parent) == _identity(st):
+                return  # "/" is its own parent
+            st = parent
+    finally:
+        if up_fd >= 0:
+            os.close(up_fd)
+
+
 def _place(path: str, mounts: list[MountInfo]) -> tuple[str, str] | None:
     """Where `path` (absolute and normalised; its symlinks already resolved, or meant to be judged
     as links) lies in its filesystem: (major:minor, path from that filesystem's root), through
@@ -115,12 +170,13 @@ def _related(a: str, b: str) -> bool:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _open_dir(real: str, mounts: list[MountInfo]) -> int:
+def _open_dir(real: str, mounts: list[MountInfo], forbidden: frozenset[tuple[int, int]]) -> int:
     """Open the resolved directory `real` one component at a time from `/`, never following a
     symlink (one made since realpath() looked is refused), and check that the fd is on the mount
-    `mounts` says holds `real`. A mount made on it or above it since `mounts` was read is
-    refused; one made after this returns is not followed, since every later step is relative
-    to the fd. FileNotFoundError when a component is gone."""
+    `mounts` says holds `real` and is not inside a `forbidden` (protected) directory. A mount
+    made on it or above it since `mounts` was read is refused, and so is a protected directory
+    renamed into its place or an ancestor's; a mount made after this returns is not followed,
+    since every later step is relative to the fd. FileNotFoundError when a component is gone."""
     expected = mount_holding(real, mounts)
     fd = os.open("/", _DIR_FLAGS)
     try:
@@ -135,6 +191,7 @@ def _open_dir(real: str, mounts: list[MountInfo]) -> int:
             fd = child
         if expected is None or mount_id(fd) != expected.mount_id:
             raise UnsafeOperation(f"the mount holding {real} changed since it was checked")
+        _refuse_inside_protected(fd, real, forbidden)
         return fd
     except BaseException:
         os.close(fd)
@@ -151,8 +208,10 @@ def atomic_write(guard: Guard, path: str | Path, data: bytes, mode: int = 0o644)
     mounts = _mountinfo(target)
     guard.check(target, mounts)  # what a symlink at `path` points to, as before
     guard.check_entry(target, mounts)  # and the directory the rename really happens in
-    dir_fd = _open_dir(os.path.realpath(target.parent), mounts)
+    forbidden = guard.forbidden()
+    dir_fd = _open_dir(os.path.realpath(target.parent), mounts, forbidden)
     try:
+        _refuse_protected_entry(dir_fd, target.name, target, forbidden)
         tmp = f".{target.name}.{secrets.token_hex(6)}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=dir_fd)
@@ -162,6 +221,9 @@ def atomic_write(guard: Guard, path: str | Path, data: bytes, mode: int = 0o644)
                 handle.flush()
                 os.fchmod(handle.fileno(), mode)
                 os.fsync(handle.fileno())
+            # Again just before the rename: a protected file renamed onto the target while the
+            # data was written would be replaced by it.
+            _refuse_protected_entry(dir_fd, target.name, target, forbidden)
             os.rename(tmp, target.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
             try:
@@ -172,6 +234,16 @@ def atomic_write(guard: Guard, path: str | Path, data: bytes, mode: int = 0o644)
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _refuse_protected_entry(dir_fd: int, name: str, shown: str | Path,
+                            forbidden: frozenset[tuple[int, int]]) -> None:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if _identity(st) in forbidden:
+        raise UnsafeOperation(f"refusing to touch {shown}: it is a protected path renamed into its place")
 
 
 def _mountinfo(shown: str | Path) -> list[MountInfo]:
@@ -188,8 +260,9 @@ def remove_file(guard: Guard, path: str | Path) -> bool:
     path: a mount made on the parent after the check does not redirect it."""
     mounts = _mountinfo(path)
     target = guard.check_entry(path, mounts)
+    forbidden = guard.forbidden()
     try:
-        dir_fd = _open_dir(str(target.parent), mounts)
+        dir_fd = _open_dir(str(target.parent), mounts, forbidden)
     except FileNotFoundError:
         return False
     try:
@@ -199,6 +272,8 @@ def remove_file(guard: Guard, path: str | Path) -> bool:
             return False
         if stat.S_ISDIR(st.st_mode):
             raise UnsafeOperation(f"{target} is a directory; use remove_tree")
+        if _identity(st) in forbidden:
+            raise UnsafeOperation(f"refusing to touch {target}: it is a protected path renamed into its place")
         try:
             os.unlink(target.name, dir_fd=dir_fd)
         except FileNotFoundError:
@@ -239,11 +314,12 @@ def remove_tree(guard: Guard, path: str | Path) -> list[str]:
     try:
         # A mount on an ancestor made since the look above would move the whole walk elsewhere:
         # _open_dir refuses it.
-        parent_fd = _open_dir(os.path.dirname(real_top), mounts)
+        forbidden = guard.forbidden()
+        parent_fd = _open_dir(os.path.dirname(real_top), mounts, forbidden)
     except FileNotFoundError:
         return []
     try:
-        return _RemovalWalk(top, parent_fd, top_st).run(os.path.basename(real_top))
+        return _RemovalWalk(top, parent_fd, top_st, forbidden).run(os.path.basename(real_top))
     finally:
         os.close(parent_fd)
 
@@ -282,8 +358,10 @@ class _Dir:
 class _RemovalWalk:
     """Depth first, one fd per level, every step relative to an fd checked before it is used."""
 
-    def __init__(self, top: Path, parent_fd: int, top_st: os.stat_result) -> None:
+    def __init__(self, top: Path, parent_fd: int, top_st: os.stat_result,
+                 forbidden: frozenset[tuple[int, int]]) -> None:
         self.top = top
+        self.forbidden = forbidden
         self.parent_fd = parent_fd
         self.parent_st = os.fstat(parent_fd)
         self.top_st = top_st
@@ -326,6 +404,9 @@ class _RemovalWalk:
             st = os.fstat(fd)
             if mount_id(fd) != self.mount or st.st_dev != self.top_st.st_dev:
                 raise UnsafeOperation(f"{shown} is a mount point inside {self.top}; nothing under it is removed")
+            if _identity(st) in self.forbidden:
+                raise UnsafeOperation(f"{shown} is a protected directory renamed into {self.top}; "
+                                      "nothing under it is removed")
             return _Dir(fd, shown, st, self.listing(fd, shown))
         except BaseException:
             os.close(fd)
@@ -424,7 +505,8 @@ def ensure_dir(guard: Guard, path: str | Path, mode: int = 0o755) -> None:
     while not os.path.lexists(existing):
         missing.insert(0, existing.name)
         existing = existing.parent
-    fd = _open_dir(str(existing), mounts)
+    forbidden = guard.forbidden()
+    fd = _open_dir(str(existing), mounts, forbidden)
     try:
         mount = mount_id(fd)
         for n, name in enumerate(missing):
@@ -443,5 +525,8 @@ def ensure_dir(guard: Guard, path: str | Path, mode: int = 0o755) -> None:
             existing = existing / name
             if mount_id(fd) != mount:
                 raise UnsafeOperation(f"{existing} is a mount point made while {target} was made")
+            if _identity(os.fstat(fd)) in forbidden:
+                raise UnsafeOperation(f"{existing} is a protected directory renamed into its place "
+                                      f"while {target} was made")
     finally:
         os.close(fd)

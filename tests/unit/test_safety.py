@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nodemedic.safety import Guard, UnsafeOperation, atomic_write, remove_file, remove_tree
+from nodemedic.safety import Guard, UnsafeOperation, atomic_write, ensure_dir, remove_file, remove_tree
 
 NAMES = st.text(alphabet="abcxyz", min_size=1, max_size=4)
 # A tree: each entry is (relative dir path parts, name, kind) where kind is file, dir,
@@ -148,3 +148,55 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temp(tmp_path):
     atomic_write(guard, target, b"two", mode=0o600)
     assert target.read_bytes() == b"two" and (target.stat().st_mode & 0o777) == 0o600
     assert os.listdir(target.parent) == ["x.conflist"]
+
+
+# A protected directory renamed away after the guard was made: its name no longer says what it
+# is, and it is on the same mount, so only its identity (st_dev, st_ino) can tell.
+RENAMED = ["parent", "ancestor", "tree", "file"]
+
+
+def renamed_into_place(tmp_path: Path, where: str) -> tuple[Guard, Path, Path]:
+    """A guard made first; then the protected dir (or its file) is renamed to where an operation
+    under var/lib/state will look. Returns the guard, the target and where the protected data is."""
+    protected = make_protected(tmp_path)
+    guard = Guard.from_paths([protected, protected / "notes.txt"])
+    state = tmp_path / "var" / "lib" / "state"
+    state.mkdir(parents=True)
+    if where == "parent":  # the target's directory is the protected dir
+        protected.rename(state / "conf")
+        return guard, state / "conf" / "notes.txt", state / "conf"
+    if where == "ancestor":
+        protected.rename(state / "conf")
+        return guard, state / "conf" / "album" / "song.flac", state / "conf"
+    if where == "tree":  # inside the tree a removal walks
+        (state / "tree" / "sub").mkdir(parents=True)
+        protected.rename(state / "tree" / "sub" / "media")
+        return guard, state / "tree", state / "tree" / "sub" / "media"
+    (state / "conf").mkdir()
+    (protected / "notes.txt").rename(state / "conf" / "notes.txt")
+    return guard, state / "conf" / "notes.txt", state / "conf" / "notes.txt"
+
+
+@pytest.mark.parametrize("operation, where", [(operation, where) for operation in ("remove", "write", "mkdir")
+                                               for where in RENAMED if (operation, where) != ("mkdir", "file")])
+def test_a_protected_path_renamed_into_the_targets_place_is_refused_by_identity(tmp_path, where, operation):
+    guard, target, data = renamed_into_place(tmp_path, where)
+    before = digest(data) if data.is_dir() else data.read_bytes()
+    with pytest.raises(UnsafeOperation, match="protected"):
+        if operation == "remove":
+            (remove_tree if where == "tree" else remove_file)(guard, target)
+        elif operation == "write":
+            atomic_write(guard, target if where != "tree" else data / "notes.txt", b"overwritten")
+        else:  # a directory made inside the protected one (beside a renamed file it is harmless)
+            ensure_dir(guard, data / "new" / "sub")
+    assert (digest(data) if data.is_dir() else data.read_bytes()) == before
+    assert not (data / "new").exists()
+
+
+def test_a_protected_path_made_after_the_guard_is_known_by_identity_at_each_operation(tmp_path):
+    protected = tmp_path / "srv" / "media"
+    guard = Guard.from_paths([protected])  # not there yet
+    assert guard.identities == frozenset()
+    make_protected(tmp_path)
+    st = protected.stat()
+    assert (st.st_dev, st.st_ino) in guard.forbidden()

@@ -401,3 +401,33 @@ def test_a_mount_of_a_protected_dirs_parent_exposes_only_the_protected_dir(tmp_p
     assert allowed["outcome"] == "completed" and allowed["returned"] == ["True"], allowed
     assert not (protected.parent / "other" / "x.txt").exists()
     assert everything_under(protected) == before
+
+
+# ---- a protected dir renamed into place between the check and the open --------------------------
+
+@pytest.mark.parametrize("scenario, target", [("file", "notes.txt"), ("write", "notes.txt"), ("mkdir", "new/sub"),
+                                              ("walk", "")])
+def test_a_protected_dir_renamed_into_place_after_the_check_is_refused_by_identity(tmp_path, mountns,
+                                                                                   scenario, target):
+    """Inside the first directory open, after every name and mount check: the decoy dir is moved
+    away and the protected dir renamed to its place (for the walk: to a directory the walk has
+    listed but not yet entered). Same filesystem, same mount, an innocent name: only its
+    identity tells, and nothing in it is changed."""
+    base = Path(os.path.realpath(tmp_path))
+    protected = make_protected(base)
+    before = everything_under(protected)
+    conf = decoy_dir(base)
+    (conf / "entry" / "sub").mkdir(parents=True)
+    if scenario == "walk":
+        moves = [["move", str(conf / "entry" / "sub"), str(base / "away")], ["move", str(protected),
+                                                                             str(conf / "entry" / "sub")]]
+        now = conf / "entry" / "sub"
+    else:
+        moves = [["move", str(conf), str(base / "away")], ["move", str(protected), str(conf)]]
+        now = conf
+    result = mountns.run({"scenario": scenario, "top": str(conf / target) if target else str(conf),
+                          "guard": [str(protected)], "data": "overwritten", "on": "opendir", "trigger": 1,
+                          "sync": moves})
+    assert [a[0] for a in result["done"]] == ["move", "move"], result  # the attack really happened
+    assert everything_under(now) == before, f"a protected path was changed: {result}"
+    assert result["outcome"] == "refused" and "protected" in result["error"], result
