@@ -53,7 +53,10 @@ class Guard:
 
     def forbidden(self) -> frozenset[tuple[int, int]]:
         """The identities no change may touch or happen inside: those taken when the guard was
-        made, and those of the protected paths now (one made since)."""
+        made, and those of the protected paths now (one made since). Taken first in every
+        operation, before its name checks. A protected directory deleted since the guard was made
+        whose inode number the filesystem gives to a new directory makes that one refused too,
+        until the next reload makes a new guard: the safe direction."""
         return self.identities | _identities(self.protected)
 
     def check(self, target: str | Path, mounts: list[MountInfo] | None = None) -> Path:
@@ -205,10 +208,10 @@ def atomic_write(guard: Guard, path: str | Path, data: bytes, mode: int = 0o644)
     (opened and mount-checked by _open_dir), so a mount made on that directory in between never
     receives the temp file nor the rename."""
     target = Path(path)
+    forbidden = guard.forbidden()  # before the name checks: a rename after them is caught by it
     mounts = _mountinfo(target)
     guard.check(target, mounts)  # what a symlink at `path` points to, as before
     guard.check_entry(target, mounts)  # and the directory the rename really happens in
-    forbidden = guard.forbidden()
     dir_fd = _open_dir(os.path.realpath(target.parent), mounts, forbidden)
     try:
         _refuse_protected_entry(dir_fd, target.name, target, forbidden)
@@ -258,9 +261,9 @@ def remove_file(guard: Guard, path: str | Path) -> bool:
 
     The unlink is relative to the parent's fd (opened and mount-checked by _open_dir), never by
     path: a mount made on the parent after the check does not redirect it."""
+    forbidden = guard.forbidden()
     mounts = _mountinfo(path)
     target = guard.check_entry(path, mounts)
-    forbidden = guard.forbidden()
     try:
         dir_fd = _open_dir(str(target.parent), mounts, forbidden)
     except FileNotFoundError:
@@ -296,6 +299,7 @@ def remove_tree(guard: Guard, path: str | Path) -> list[str]:
     Returns the paths removed, deepest first.
     """
     top = Path(path)
+    forbidden = guard.forbidden()
     mounts = _mountinfo(top)
     guard.check(top, mounts)
     try:
@@ -314,7 +318,6 @@ def remove_tree(guard: Guard, path: str | Path) -> list[str]:
     try:
         # A mount on an ancestor made since the look above would move the whole walk elsewhere:
         # _open_dir refuses it.
-        forbidden = guard.forbidden()
         parent_fd = _open_dir(os.path.dirname(real_top), mounts, forbidden)
     except FileNotFoundError:
         return []
@@ -499,13 +502,13 @@ def ensure_dir(guard: Guard, path: str | Path, mode: int = 0o755) -> None:
     starting from the deepest existing ancestor opened and mount-checked by _open_dir, and each
     new level must stay on that mount: a mount made meanwhile gets no directory made in it."""
     target = Path(path)
+    forbidden = guard.forbidden()
     mounts = _mountinfo(target)
     real = Path(guard.check(target, mounts))
     existing, missing = real, []
     while not os.path.lexists(existing):
         missing.insert(0, existing.name)
         existing = existing.parent
-    forbidden = guard.forbidden()
     fd = _open_dir(str(existing), mounts, forbidden)
     try:
         mount = mount_id(fd)
