@@ -70,6 +70,9 @@ class _RePattern:
         found = self._re.search(data)
         return None if found is None else found.span()
 
+    def found(self, data: bytes) -> bool:
+        return self._re.search(data) is not None
+
 
 def on_re(signature: Signature) -> Signature:
     def swap(patterns: tuple) -> tuple:

@@ -102,12 +102,12 @@ class Matcher:
         if gate is None:
             return []
         if isinstance(message, bytes):
-            if gate.search(message) is None:  # journald's bytes are UTF-8 where they matter
+            if not gate.found(message):  # journald's bytes are UTF-8 where they matter
                 return []
             text = as_text(message)
         else:
             text = message
-            if gate.search(_utf8(text)) is None:
+            if not gate.found(_utf8(text)):
                 return []
         candidates: set[int] = set()
         for _end, indices in self._automata[source].iter(text):

@@ -118,7 +118,7 @@ class Signature:
         if self.legacy:
             raw = line.encode("utf-8", errors="replace")
             for pattern in self.legacy:
-                if pattern.search(raw):
+                if pattern.found(raw):
                     return Verdict(True, f"regex {pattern.text!r} hit the whole line")
         if not self.message and not self.error:
             return Verdict(False, "no regex hit the whole line")
@@ -145,9 +145,9 @@ class Signature:
         for key, value in record.fields:
             if key not in META_KEYS:
                 text = value.encode("utf-8", errors="replace")
-                if error_any.search(text) is not None:
+                if error_any.found(text):
                     return self._error_hit(said, f"field {key}", text, explain)
-        if error_any.search(rest) is not None:
+        if error_any.found(rest):
             return self._error_hit(said, "rest of the message" if self.message else "message", rest, explain)
         places = [f"field {key}" for key, _ in record.details()]
         places.append("rest of the message" if self.message else "message")
@@ -164,7 +164,7 @@ _HIT = Verdict(True, "")
 
 
 def _first_hit(patterns: tuple[Pattern, ...], text: bytes) -> str:
-    return next((p.text for p in patterns if p.search(text) is not None), "?")
+    return next((p.text for p in patterns if p.found(text)), "?")
 
 
 @dataclass(frozen=True)
