@@ -1,0 +1,65 @@
+"""The kept mount table (nodemedic.mounts.MountTable) is re-read exactly when the kernel's table
+changes. Run in a child in its own private mount namespace (`unshare --mount --propagation
+private`): its tmpfs mounts never reach the host."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.conftest import REPO
+
+CHILD = textwrap.dedent("""
+    import json, os, subprocess, sys
+    from nodemedic import mounts
+
+    parsed = []
+    real_parse = mounts.parse_mountinfo
+    mounts.parse_mountinfo = lambda text: parsed.append(1) or real_parse(text)
+    table = mounts.MountTable()
+    base = sys.argv[1]
+    seen = {}
+
+    def look(name):
+        points = [m.mount_point for m in table.read()]
+        seen[name] = {"parses": len(parsed), "has_a": f"{base}/a" in points, "has_b": f"{base}/b" in points,
+                      "count": len(points)}
+
+    look("first")
+    look("unchanged")
+    for sub in ("a", "b"):
+        os.mkdir(f"{base}/{sub}")
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", f"{base}/a"], check=True)
+    look("after a mount")
+    look("unchanged again")
+    subprocess.run(["mount", "--bind", f"{base}/a", f"{base}/b"], check=True)
+    subprocess.run(["umount", f"{base}/a"], check=True)
+    look("after a bind and an unmount")
+    # what the kept table says is what a fresh read says
+    seen["fresh"] = sorted(m.mount_point for m in mounts.parse_mountinfo(open("/proc/self/mountinfo").read()))
+    seen["kept"] = sorted(m.mount_point for m in table.read())
+    print(json.dumps(seen))
+""")
+
+
+def test_the_kept_table_is_parsed_again_only_when_the_mounts_change(tmp_path):
+    if os.geteuid() != 0:
+        pytest.fail("the test mounts tmpfs in a private mount namespace: it needs root (CI runs as root)")
+    base = os.path.realpath(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "daemon"))
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", CHILD, base],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["first"]["parses"] == 1 and seen["unchanged"]["parses"] == 1, seen
+    assert seen["after a mount"] == {**seen["after a mount"], "parses": 2, "has_a": True}, seen
+    assert seen["after a mount"]["count"] == seen["first"]["count"] + 1
+    assert seen["unchanged again"]["parses"] == 2, seen
+    assert seen["after a bind and an unmount"]["parses"] == 3, seen
+    assert not seen["after a bind and an unmount"]["has_a"] and seen["after a bind and an unmount"]["has_b"], seen
+    assert seen["kept"] == seen["fresh"]
