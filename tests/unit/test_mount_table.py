@@ -63,3 +63,45 @@ def test_the_kept_table_is_parsed_again_only_when_the_mounts_change(tmp_path):
     assert seen["after a bind and an unmount"]["parses"] == 3, seen
     assert not seen["after a bind and an unmount"]["has_a"] and seen["after a bind and an unmount"]["has_b"], seen
     assert seen["kept"] == seen["fresh"]
+
+
+PROPAGATION = textwrap.dedent("""
+    # In a private namespace of its own: a shared tmpfs, and a reader in a slave namespace below it
+    # (as nodemedic.service's ProtectSystem namespace is below the node's), which keeps a table
+    # while this side mounts and unmounts under the shared directory.
+    import subprocess, sys, time
+    base, reader = sys.argv[1], sys.argv[2]
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", base], check=True)
+    subprocess.run(["mount", "--make-shared", base], check=True)
+    subprocess.run(["mkdir", f"{base}/x"], check=True)
+    child = subprocess.Popen(["unshare", "--mount", "--propagation", "slave", sys.executable, "-c", reader, base],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    def step(line):
+        child.stdin.write(line + "\\n"); child.stdin.flush()
+        return child.stdout.readline().strip()
+    out = [step("look")]
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", f"{base}/x"], check=True)
+    out.append(step("look"))
+    subprocess.run(["umount", f"{base}/x"], check=True)
+    out.append(step("look"))
+    child.stdin.close(); child.wait()
+    print(" ".join(out))
+""")
+
+READER = textwrap.dedent("""
+    import sys
+    from nodemedic.mounts import MountTable
+    table, base = MountTable(), sys.argv[1]
+    for _ in sys.stdin:
+        print(any(m.mount_point == f"{base}/x" for m in table.read()), flush=True)
+""")
+
+
+def test_mounts_propagated_into_a_slave_namespace_mark_its_kept_table_changed(tmp_path):
+    if os.geteuid() != 0:
+        pytest.fail("the test mounts tmpfs in a private mount namespace: it needs root (CI runs as root)")
+    env = dict(os.environ, PYTHONPATH=str(REPO / "daemon"))
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", PROPAGATION,
+                           os.path.realpath(tmp_path), READER], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "False"], done.stdout
