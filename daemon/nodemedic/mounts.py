@@ -71,7 +71,7 @@ class MountTable:
     """/proc/self/mountinfo, parsed again only when the kernel says the table changed.
 
     A node with many pods has thousands of mounts, and reading and parsing them is milliseconds
-    (bench/safety_cost.py: about 6 ms at 1,500), paid by every file change the safety module
+    (bench/safety_cost.py: 6–12 ms at 1,500), paid by every file change the safety module
     makes. The kernel marks an open mountinfo file POLLPRI when its mount namespace's table has
     changed since the file was opened or last polled, so a poll with no wait tells whether the
     copy is current. The poll comes before the re-read: a change made during the read shows at
@@ -91,17 +91,24 @@ class MountTable:
             poller = select.poll()
             poller.register(fd, select.POLLPRI)
             self._fd, self._poller = fd, poller
-            self._mounts = self._parse()
+            self._parse()
         elif any(events & select.POLLPRI for _fd, events in self._poller.poll(0)):
-            self._mounts = self._parse()
+            self._parse()
         return list(self._mounts)
 
-    def _parse(self) -> list[MountInfo]:
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        chunks = []
-        while chunk := os.read(self._fd, 1 << 16):
-            chunks.append(chunk)
-        return parse_mountinfo(b"".join(chunks).decode("utf-8", errors="surrogateescape"))
+    def _parse(self) -> None:
+        try:
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            chunks = []
+            while chunk := os.read(self._fd, 1 << 16):
+                chunks.append(chunk)
+        except OSError:
+            # The poll that sent us here has been taken: a kept table would look current from
+            # now on. Start again from open() at the next read.
+            os.close(self._fd)
+            self._fd, self._poller, self._mounts = -1, None, []
+            raise
+        self._mounts = parse_mountinfo(b"".join(chunks).decode("utf-8", errors="surrogateescape"))
 
 
 _TABLE = MountTable()

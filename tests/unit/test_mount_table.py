@@ -105,3 +105,16 @@ def test_mounts_propagated_into_a_slave_namespace_mark_its_kept_table_changed(tm
                            os.path.realpath(tmp_path), READER], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True", "False"], done.stdout
+
+
+def test_a_read_that_fails_is_raised_and_the_next_read_starts_again(monkeypatch):
+    from nodemedic import mounts
+
+    table = mounts.MountTable()
+    real_read = os.read
+    monkeypatch.setattr(mounts.os, "read", lambda fd, n: (_ for _ in ()).throw(OSError(5, "I/O error")))
+    with pytest.raises(OSError):
+        table.read()
+    monkeypatch.setattr(mounts.os, "read", real_read)
+    fresh = sorted(m.mount_point for m in mounts.parse_mountinfo(open(mounts.MOUNTINFO).read()))
+    assert fresh and sorted(m.mount_point for m in table.read()) == fresh  # never an empty "current" table
