@@ -7,12 +7,14 @@ import asyncio
 from typing import Any
 
 import pytest
+from dbus_next import Message, MessageType
 
 from nodemedic.kube import run as kube_run
 from nodemedic.kube.api import ApiStatus, ApiUnreachable
 from nodemedic.kube.conditions import ProblemView
 from nodemedic.kube.run import KubeSettings, KubeSide
 from nodemedic.problems import ProblemClass
+from nodemedic.report.dbus_api import INTERFACE, OBJECT_PATH
 
 
 class ApiStandin:
@@ -66,10 +68,9 @@ def side(api: ApiStandin) -> KubeSide:
 
 
 def arrive(s: KubeSide, state: str) -> None:
-    """A ProblemChanged signal for cni-config-missing, as KubeSide._on_message takes it in."""
-    s.received += 1
-    for queue in (s.pending, s.unshown):
-        queue.append(kube_run.Transition("cni-config-missing", state, 1.0, s.received))
+    """The daemon's ProblemChanged signal for cni-config-missing, taken in by KubeSide itself."""
+    s._on_message(Message(message_type=MessageType.SIGNAL, path=OBJECT_PATH, interface=INTERFACE,
+                          member="ProblemChanged", signature="ss", body=["cni-config-missing", state]))
 
 
 def test_waits_for_the_node_then_writes_conditions(said: list[str]) -> None:
