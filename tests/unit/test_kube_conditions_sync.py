@@ -4,6 +4,7 @@ waited for (one journal entry), then the conditions are written; an outage is sa
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -186,3 +187,50 @@ def test_transitions_whose_signals_came_before_details_answered_show_in_one_roun
              for p in api.patches]
     assert shown == ["True", "True", "False"], shown
     assert [e["reason"] for e in api.events] == ["ProblemConfirmed", "RepairStepStarted", "ProblemHealed"]
+
+
+class BusStandin:
+    """Stands in for dbus-next's bus as its reader works: every message read from the socket in
+    one go goes through the handlers (KubeSide._on_message) before the awaiting call resumes."""
+
+    def __init__(self, s: KubeSide, answer: list[dict[str, Any]], after: list[str]) -> None:
+        self.s, self.answer, self.after, self.serial = s, answer, after, 100
+
+    def next_serial(self) -> int:
+        self.serial += 1
+        return self.serial
+
+    async def call(self, ask: Message) -> Message:
+        ask.serial = ask.serial or self.next_serial()  # as MessageBus.call does
+        reply = Message(message_type=MessageType.METHOD_RETURN, reply_serial=ask.serial, signature="s",
+                        body=[json.dumps({"problems": self.answer})])
+        self.s._on_message(reply)
+        for state in self.after:  # sent by the daemon just after its answer, read with it
+            arrive(self.s, state)
+        self.after = []
+        return reply
+
+
+def test_a_signal_read_together_with_the_details_answer_waits_for_the_next_read(said: list[str]) -> None:
+    """The step's signal came right after Details() answered "confirmed", in the same read from
+    the socket: the answer does not describe it, so the next round shows the step."""
+    api = ApiStandin()
+    api.node_obj = {"metadata": {"uid": "u1"}, "status": {"conditions": []}}
+    s = side(api)
+    assert asyncio.run(s.sync())
+    api.patches.clear()
+    confirmed = {"problem": "cni-config-missing", "class": "network", "phase": "confirmed", "attempts": 0,
+                 "budget": 3}
+    running = dict(confirmed, phase="repairing", step="cni-placeholder", step_index=1, steps=2, attempts=1)
+    s.bus = BusStandin(s, [confirmed], ["repairing"])  # type: ignore[assignment]
+    arrive(s, "confirmed")
+    assert asyncio.run(s.sync())
+    assert [t.state for t in s.unshown] == ["repairing"] and [t.state for t in s.pending] == ["repairing"]
+    s.bus = BusStandin(s, [running], [])  # type: ignore[assignment]
+    assert asyncio.run(s.sync())
+    shown = [next(c for c in p["status"]["conditions"] if c["type"] == "ContainerNetworkProblem")["message"]
+             for p in api.patches]
+    assert len(shown) == 2 and "confirmed, attempts 0 of 3" in shown[0], shown
+    assert "running step 1 of 2 (cni-placeholder), attempts 1 of 3" in shown[1], shown
+    assert [e["reason"] for e in api.events] == ["ProblemConfirmed", "RepairStepStarted"]
+    assert "step 1 of 2 (cni-placeholder)" in api.events[1]["message"], api.events[1]

@@ -91,6 +91,8 @@ class KubeSide:
     def __post_init__(self) -> None:
         self.signalled = 0.0  # when the daemon's last ProblemChanged arrived (monotonic)
         self.received = 0  # ProblemChanged signals so far; a Transition's seq
+        self._asked = 0  # the serial of the Details() call on its way
+        self._covered = 0  # `received` when its answer was taken in
         self.recorder = events.Recorder(self.settings.node_name)
         self.host = self.settings.node_name
         self._dropped_said = 0
@@ -122,6 +124,13 @@ class KubeSide:
             delay = min(delay * 2, RETRY_MAX)
 
     def _on_message(self, message: Message) -> bool:
+        if message.message_type in (MessageType.METHOD_RETURN, MessageType.ERROR):
+            # The answer covers the signals sent before it, and only those. Signals read from
+            # the socket with it are handled before the awaiting round resumes, so the count
+            # is taken here, not there.
+            if self._asked and message.reply_serial == self._asked:
+                self._covered = self.received
+            return False
         if message.message_type != MessageType.SIGNAL:
             return False
         if message.member == "ProblemChanged" and message.interface == INTERFACE and len(message.body) == 2:
@@ -135,19 +144,26 @@ class KubeSide:
             self.wake.set()  # the daemon started or stopped: read it again
         return False
 
-    async def read_daemon(self) -> None:
+    async def read_daemon(self) -> int | None:
+        """Read Details(); the number of signals its answer covers (None: not read)."""
         if self.bus is None:
-            return
-        reply = await self.bus.call(Message(destination=BUS_NAME, path=OBJECT_PATH, interface=INTERFACE,
-                                            member="Details"))
+            return None
+        ask = Message(destination=BUS_NAME, path=OBJECT_PATH, interface=INTERFACE, member="Details",
+                      serial=self.bus.next_serial())
+        self._asked, self._covered = ask.serial, self.received
+        try:
+            reply = await self.bus.call(ask)
+        finally:
+            self._asked = 0
         if reply.message_type == MessageType.ERROR:
             # Not running (or too old for Details): keep the last view and stop the heartbeat,
             # so the conditions' lastHeartbeatTime shows they are no longer looked after.
             self.daemon_present = False
-            return
+            return self._covered
         data = json.loads(reply.body[0])
         self.problems = [ProblemView.from_details(item) for item in data.get("problems", [])]
         self.daemon_present = True
+        return self._covered
 
     # -- the API server ----------------------------------------------------------------------
 
@@ -177,13 +193,14 @@ class KubeSide:
         """One round: the daemon's view to the Node. True when everything is in step."""
         api = self._client()
         started = time.monotonic()
-        await self.read_daemon()
+        covered = await self.read_daemon()
         read = time.monotonic()
         # Details() describes every transition whose signal came before its answer (the daemon
-        # sends both on one connection, in order). One that arrives while this round awaits the
-        # API server (the ladder's step starting just after the confirmation) waits for the next
-        # round and its fresh read; its signal has set `wake`, so that round comes at once.
-        seen = self.received
+        # sends both on one connection, in order). One that came after it (the ladder's step
+        # starting just after the confirmation, even in the same read from the socket) waits
+        # for the next round and its fresh read; its signal has set `wake`, so that round
+        # comes at once.
+        seen = self.received if covered is None else covered
         if not await self._node(api):
             return False
         # Every transition shows on the Node, in order, even one Details() is already past: the
