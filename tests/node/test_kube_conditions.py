@@ -52,11 +52,16 @@ class NodeWatch:
 
     def _run(self) -> None:
         admin = self.cp.admin()
+        version = ""  # a restarted watch goes on from the last version seen, so none is missed
         while not self.stop.is_set():
             try:
-                for event in admin.watch(f"/api/v1/nodes?watch=1&fieldSelector=metadata.name%3D{self.name}",
-                                         timeout=5):
+                for event in admin.watch(f"/api/v1/nodes?watch=1&fieldSelector=metadata.name%3D{self.name}"
+                                         f"&resourceVersion={version}", timeout=5):
+                    if event.get("type") == "ERROR":  # 410 Gone: too old, start from now
+                        version = ""
+                        break
                     conds = event.get("object", {}).get("status", {}).get("conditions") or []
+                    version = event.get("object", {}).get("metadata", {}).get("resourceVersion", "")
                     self.seen.append((time.monotonic(), {c["type"]: c for c in conds}))
                     if self.stop.is_set():
                         return
