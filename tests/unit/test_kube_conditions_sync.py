@@ -74,6 +74,45 @@ def arrive(s: KubeSide, state: str) -> None:
                           member="ProblemChanged", signature="ss", body=["cni-config-missing", state]))
 
 
+class BusStandin:
+    """Stands in for dbus-next's bus as its reader works: every message read from the socket in
+    one go goes through the handlers (KubeSide._on_message) before the awaiting call resumes.
+    Each call answers Details() with the next of `answers` (the last one again when they run
+    out); `before` and `after` are the daemon's signals sent just before and just after the
+    first answer, read in the same go."""
+
+    def __init__(self, s: KubeSide, answers: list[list[dict[str, Any]]], before: tuple[str, ...] = (),
+                 after: tuple[str, ...] = ()) -> None:
+        self.s, self.answers, self.before, self.after, self.serial = s, answers, before, after, 100
+        self.connected = True
+        self.gone: Exception | None = None  # what the reader hit when the bus went away mid-call
+
+    def next_serial(self) -> int:
+        self.serial += 1
+        return self.serial
+
+    async def call(self, ask: Message) -> Message:
+        assert self.connected, "a call on a bus that is gone never returns"
+        ask.serial = ask.serial or self.next_serial()  # as MessageBus.call does
+        if self.gone is not None:
+            raise self.gone
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        reply = Message(message_type=MessageType.METHOD_RETURN, reply_serial=ask.serial, signature="s",
+                        body=[json.dumps({"problems": answer})])
+        for state in self.before:
+            arrive(self.s, state)
+        self.s._on_message(reply)
+        for state in self.after:
+            arrive(self.s, state)
+        self.before = self.after = ()
+        return reply
+
+
+CONFIRMED = {"problem": "cni-config-missing", "class": "network", "phase": "confirmed", "attempts": 0, "budget": 3}
+RUNNING = dict(CONFIRMED, phase="repairing", step="cni-placeholder", step_index=1, steps=2, attempts=1)
+HEALED = dict(RUNNING, phase="healed")
+
+
 def test_waits_for_the_node_then_writes_conditions(said: list[str]) -> None:
     api = ApiStandin()
     s = side(api)
@@ -115,12 +154,10 @@ def test_a_problem_healed_before_details_is_read_still_shows_true_first(said: li
     s = side(api)
     assert asyncio.run(s.sync())
     api.patches.clear()
-    # Both signals arrived; Details() (read now) already says healed.
-    s.problems = [ProblemView("cni-config-missing", ProblemClass.NETWORK, "healed", step="cni-placeholder",
-                              step_index=1, steps=2, attempts=1, budget=3)]
+    # All three signals arrived; Details() (read now) already says healed.
+    s.bus = BusStandin(s, [[HEALED]])  # type: ignore[assignment]
     for state in ("confirmed", "repairing", "healed"):
-        s.unshown.append(kube_run.Transition("cni-config-missing", state, 1.0))
-    s.read_daemon = lambda: asyncio.sleep(0)  # type: ignore[method-assign]  # no bus here: keep s.problems
+        arrive(s, state)
     assert asyncio.run(s.sync())
     shown = [next(c for c in p["status"]["conditions"] if c["type"] == "ContainerNetworkProblem")
              for p in api.patches]
@@ -136,14 +173,6 @@ def test_a_transition_that_arrives_during_a_round_waits_for_a_fresh_read(said: l
     api.node_obj = {"metadata": {"uid": "u1"}, "status": {"conditions": []}}
     s = side(api)
     assert asyncio.run(s.sync())
-    confirmed = ProblemView("cni-config-missing", ProblemClass.NETWORK, "confirmed", attempts=0, budget=3)
-    running = ProblemView("cni-config-missing", ProblemClass.NETWORK, "repairing", step="cni-placeholder",
-                          step_index=1, steps=2, attempts=1, budget=3)
-    views = iter([confirmed, running])
-
-    async def read_daemon() -> None:
-        s.problems = [next(views)]
-
     create_event = api.create_event
 
     async def create_event_while_the_step_starts(event: dict[str, Any]) -> None:
@@ -151,7 +180,7 @@ def test_a_transition_that_arrives_during_a_round_waits_for_a_fresh_read(said: l
         if event["reason"] == "ProblemConfirmed":
             arrive(s, "repairing")
 
-    s.read_daemon = read_daemon  # type: ignore[method-assign]  # no bus here
+    s.bus = BusStandin(s, [[CONFIRMED], [RUNNING]])  # type: ignore[assignment]
     api.create_event = create_event_while_the_step_starts  # type: ignore[method-assign]
     arrive(s, "confirmed")
     assert asyncio.run(s.sync())
@@ -172,14 +201,7 @@ def test_transitions_whose_signals_came_before_details_answered_show_in_one_roun
     assert asyncio.run(s.sync())
     api.patches.clear()
 
-    async def read_daemon() -> None:  # the later signals come while the first call is on its way
-        if s.received == 1:
-            arrive(s, "repairing")
-            arrive(s, "healed")
-        s.problems = [ProblemView("cni-config-missing", ProblemClass.NETWORK, "healed", step="cni-placeholder",
-                                  step_index=1, steps=2, attempts=1, budget=3)]
-
-    s.read_daemon = read_daemon  # type: ignore[method-assign]  # no bus here
+    s.bus = BusStandin(s, [[HEALED]], before=("repairing", "healed"))  # type: ignore[assignment]
     arrive(s, "confirmed")
     assert asyncio.run(s.sync())
     assert asyncio.run(s.sync())
@@ -187,28 +209,6 @@ def test_transitions_whose_signals_came_before_details_answered_show_in_one_roun
              for p in api.patches]
     assert shown == ["True", "True", "False"], shown
     assert [e["reason"] for e in api.events] == ["ProblemConfirmed", "RepairStepStarted", "ProblemHealed"]
-
-
-class BusStandin:
-    """Stands in for dbus-next's bus as its reader works: every message read from the socket in
-    one go goes through the handlers (KubeSide._on_message) before the awaiting call resumes."""
-
-    def __init__(self, s: KubeSide, answer: list[dict[str, Any]], after: list[str]) -> None:
-        self.s, self.answer, self.after, self.serial = s, answer, after, 100
-
-    def next_serial(self) -> int:
-        self.serial += 1
-        return self.serial
-
-    async def call(self, ask: Message) -> Message:
-        ask.serial = ask.serial or self.next_serial()  # as MessageBus.call does
-        reply = Message(message_type=MessageType.METHOD_RETURN, reply_serial=ask.serial, signature="s",
-                        body=[json.dumps({"problems": self.answer})])
-        self.s._on_message(reply)
-        for state in self.after:  # sent by the daemon just after its answer, read with it
-            arrive(self.s, state)
-        self.after = []
-        return reply
 
 
 def test_a_signal_read_together_with_the_details_answer_waits_for_the_next_read(said: list[str]) -> None:
@@ -219,14 +219,10 @@ def test_a_signal_read_together_with_the_details_answer_waits_for_the_next_read(
     s = side(api)
     assert asyncio.run(s.sync())
     api.patches.clear()
-    confirmed = {"problem": "cni-config-missing", "class": "network", "phase": "confirmed", "attempts": 0,
-                 "budget": 3}
-    running = dict(confirmed, phase="repairing", step="cni-placeholder", step_index=1, steps=2, attempts=1)
-    s.bus = BusStandin(s, [confirmed], ["repairing"])  # type: ignore[assignment]
+    s.bus = BusStandin(s, [[CONFIRMED], [RUNNING]], after=("repairing",))  # type: ignore[assignment]
     arrive(s, "confirmed")
     assert asyncio.run(s.sync())
     assert [t.state for t in s.unshown] == ["repairing"] and [t.state for t in s.pending] == ["repairing"]
-    s.bus = BusStandin(s, [running], [])  # type: ignore[assignment]
     assert asyncio.run(s.sync())
     shown = [next(c for c in p["status"]["conditions"] if c["type"] == "ContainerNetworkProblem")["message"]
              for p in api.patches]
@@ -234,3 +230,23 @@ def test_a_signal_read_together_with_the_details_answer_waits_for_the_next_read(
     assert "running step 1 of 2 (cni-placeholder), attempts 1 of 3" in shown[1], shown
     assert [e["reason"] for e in api.events] == ["ProblemConfirmed", "RepairStepStarted"]
     assert "step 1 of 2 (cni-placeholder)" in api.events[1]["message"], api.events[1]
+
+
+def test_a_bus_that_goes_away_during_a_round_is_waited_out_not_a_crash(said: list[str]) -> None:
+    """The system bus restarts while Details() is on its way (the call fails with what the
+    reader hit), or just before (a bus that is gone is not called): the round goes on with the
+    last view, says the bus trouble once, and keeps the signals for the next read."""
+    api = ApiStandin()
+    api.node_obj = {"metadata": {"uid": "u1"}, "status": {"conditions": []}}
+    s = side(api)
+    bus = BusStandin(s, [[]])
+    bus.gone = EOFError("the bus closed the connection")
+    s.bus = bus  # type: ignore[assignment]
+    arrive(s, "confirmed")
+    assert asyncio.run(s.sync())
+    assert [t.state for t in s.unshown] == ["confirmed"]  # not shown from a view that was never read
+    bus.connected = False
+    assert asyncio.run(s.sync())
+    assert [line for line in said if line.startswith("KUBE_TROUBLE")] == [
+        "KUBE_TROUBLE: cluster side: system bus unavailable: the bus closed the connection; retrying, "
+        "local repairs are not affected"]

@@ -92,7 +92,7 @@ class KubeSide:
         self.signalled = 0.0  # when the daemon's last ProblemChanged arrived (monotonic)
         self.received = 0  # ProblemChanged signals so far; a Transition's seq
         self._asked = 0  # the serial of the Details() call on its way
-        self._covered = 0  # `received` when its answer was taken in
+        self._covered = 0  # `received` when the last answer was taken in
         self.recorder = events.Recorder(self.settings.node_name)
         self.host = self.settings.node_name
         self._dropped_said = 0
@@ -118,10 +118,13 @@ class KubeSide:
                 delay = RETRY_MIN
                 await bus.wait_for_disconnect()
             except (OSError, EOFError) as err:
-                self.bus_outage.trouble(f"system bus unavailable: {err}")
+                self._bus_gone(err)
             self.bus = None
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
+
+    def _bus_gone(self, err: BaseException) -> None:
+        self.bus_outage.trouble(f"system bus unavailable: {str(err) or 'the connection was closed'}")
 
     def _on_message(self, message: Message) -> bool:
         if message.message_type in (MessageType.METHOD_RETURN, MessageType.ERROR):
@@ -144,15 +147,22 @@ class KubeSide:
             self.wake.set()  # the daemon started or stopped: read it again
         return False
 
-    async def read_daemon(self) -> int | None:
-        """Read Details(); the number of signals its answer covers (None: not read)."""
-        if self.bus is None:
-            return None
+    async def read_daemon(self) -> int:
+        """Read Details(): the number of signals the view covers. Without an answer the view
+        is the last one, and so is what it covers: a signal waits for a read that knows it."""
+        bus = self.bus
+        # A bus already gone would never answer (dbus-next fails only the calls it has when
+        # it goes); follow_daemon is about to replace it.
+        if bus is None or not bus.connected:
+            return self._covered
         ask = Message(destination=BUS_NAME, path=OBJECT_PATH, interface=INTERFACE, member="Details",
-                      serial=self.bus.next_serial())
-        self._asked, self._covered = ask.serial, self.received
+                      serial=bus.next_serial())
+        self._asked = ask.serial
         try:
-            reply = await self.bus.call(ask)
+            reply = await bus.call(ask)
+        except (OSError, EOFError) as err:  # the bus went away on the way: follow_daemon reconnects
+            self._bus_gone(err)
+            return self._covered
         finally:
             self._asked = 0
         if reply.message_type == MessageType.ERROR:
@@ -193,14 +203,13 @@ class KubeSide:
         """One round: the daemon's view to the Node. True when everything is in step."""
         api = self._client()
         started = time.monotonic()
-        covered = await self.read_daemon()
+        seen = await self.read_daemon()
         read = time.monotonic()
         # Details() describes every transition whose signal came before its answer (the daemon
         # sends both on one connection, in order). One that came after it (the ladder's step
         # starting just after the confirmation, even in the same read from the socket) waits
         # for the next round and its fresh read; its signal has set `wake`, so that round
         # comes at once.
-        seen = self.received if covered is None else covered
         if not await self._node(api):
             return False
         # Every transition shows on the Node, in order, even one Details() is already past: the
