@@ -1,6 +1,6 @@
 """The cluster side (nodemedic-kube.service) against the test bed's real API server and the real
 kubelet: Node conditions per class that clear when healed, the opt-in hand-off, Events on the
-Node, an API server that goes away and comes back, and purge.
+Node, an API server that goes away and comes back, a system bus restarted, and purge.
 
 nodemedic runs as its unit, nodemedic-kube as its own, with the kubelet's own kubeconfig (a
 node identity under the Node authorizer and NodeRestriction, as on a real cluster). What the
@@ -198,6 +198,23 @@ def test_api_server_away_and_back_catches_up_without_a_crash(kube_medic) -> None
     assert node.unit_state(KUBE_UNIT).main_pid == pid  # never crashed nor restarted
     faults.write_cni_config(node)
     wait_condition(node, cp, "ContainerNetworkProblem", "False")
+
+
+def test_a_restarted_system_bus_is_waited_out_and_the_daemon_followed_again(kube_medic) -> None:
+    node, cp, _watch = kube_medic
+    pid = node.unit_state(KUBE_UNIT).main_pid
+    cursor = node.cursor()
+    node.systemctl("restart", "dbus")
+    node.wait_for(lambda: [e for e in nodemedic_entries(node, Kind.KUBE_TROUBLE, cursor)
+                           if "system bus" in e["MESSAGE"]], timeout=30, what="the bus loss in the journal")
+    node.wait_for(lambda: nodemedic_entries(node, Kind.KUBE_RECOVERED, cursor), timeout=60, what="the bus back")
+    # Followed again: a new fault and its healing show on the Node.
+    empty_cni_dir(node)
+    wait_condition(node, cp, "ContainerNetworkProblem", "True", timeout=120)
+    faults.write_cni_config(node)
+    wait_condition(node, cp, "ContainerNetworkProblem", "False", timeout=120)
+    assert node.unit_state(KUBE_UNIT).main_pid == pid  # never crashed nor restarted
+    assert len([e for e in nodemedic_entries(node, Kind.KUBE_TROUBLE, cursor) if "system bus" in e["MESSAGE"]]) == 1
 
 
 def test_purge_removes_nodemedics_conditions_only(kube_medic) -> None:
