@@ -495,6 +495,53 @@ def test_a_paused_daemon_resuming_a_step_applies_nothing_more_until_resumed(tmp_
     assert second.applied == 1 and store.load().problems["demo"].phase == Phase.HEALED
 
 
+@dataclasses.dataclass
+class ReloadedDuring(FakeStep):
+    """A step during which the operator changes the configuration and reloads the daemon."""
+
+    root: object = None
+    conf: str = ""
+    engine: object = None
+
+    async def apply(self, ctx) -> str:
+        write(self.root, "/etc/nodemedic/conf.d/60-operator.toml", self.conf)
+        self.engine.ctx.settings = load_config(HostRoot(self.root)).settings  # what reload does
+        return await super().apply(ctx)
+
+
+@pytest.mark.parametrize(("conf", "why"), [
+    ('[daemon]\nmode = "observe"\n', "mode is observe"),
+    ("[problems.demo]\nenabled = false\n", "disabled in configuration"),
+], ids=["observe", "disabled"])
+def test_a_reload_during_a_step_to_observe_or_disabling_the_problem_stops_the_ladder_after_it(tmp_path, conf, why):
+    """The step under way finishes; the next one (here a destructive one the same reload
+    allowed) is never started. A ladder that climbed on once the operator said stop is how a
+    disabled problem reached a node reset in a CI run."""
+    first = ReloadedDuring("one", heals=False, root=tmp_path, conf=conf + "[policy]\nallow_destructive = true\n")
+    second = FakeStep("two", heals=True, klass=StepClass.DESTRUCTIVE)
+    engine, store = make_engine(tmp_path, [first, second])
+    first.engine = engine
+    asyncio.run(episode(engine))
+    record = store.load().problems["demo"]
+    assert (first.applied, second.applied) == (1, 0)
+    assert record.phase == Phase.CONFIRMED and record.detail == f"next step two held back: {why}", record.detail
+
+
+def test_an_operators_repair_of_a_disabled_problem_climbs_on(tmp_path):
+    """Disabled is for automation: `nodemedic repair` of a disabled problem is not stopped."""
+    first = ReloadedDuring("one", heals=False, root=tmp_path, conf="[problems.demo]\nenabled = false\n")
+    second = FakeStep("two", heals=True)
+    engine, store = make_engine(tmp_path, [first, second])
+    first.engine = engine
+
+    async def forced() -> None:
+        engine.suspect(Suspicion("demo", "operator", detail="repair requested by the operator", forced=True))
+        await engine.idle()
+
+    asyncio.run(forced())
+    assert (first.applied, second.applied) == (1, 1) and store.load().problems["demo"].phase == Phase.HEALED
+
+
 # -- the cooldown gates a flap, not a new fault (item 11) -------------------------------------
 
 @dataclasses.dataclass

@@ -311,12 +311,14 @@ class Engine:
             if step.klass != StepClass.SAFE:  # the fleet guard: a slot first (released in _finish_step / _transition)
                 await self.fleet.wait(record.problem, step.name,
                                       lambda why, step=step: self._fleet_held(record, step, why), self._repair_lock)
-            if self.gate.paused:
-                # Paused while a step ran, or a paused daemon resuming one: nothing more is applied.
-                # Held as confirmed, so that `nodemedic resume` looks at it again (retry_held).
+            held = self.gate.refuse_next_step(record, forced)
+            if held:
+                # Paused, switched to observe or the problem disabled while a step ran (or a daemon
+                # resuming one): nothing more is applied. Held as confirmed, as an episode refused
+                # at its start is, so that `nodemedic resume` (retry_held) or the next sign of the
+                # fault looks at it again.
                 self.current = None
-                self._transition(record, Phase.CONFIRMED, Kind.HELD_BACK,
-                                 f"next step {step.name} held back: paused by the operator")
+                self._transition(record, Phase.CONFIRMED, Kind.HELD_BACK, f"next step {step.name} held back: {held}")
                 self.save()  # on disk too: a restart must not resume (verify) the step before it again
                 return
             if not step.idempotent and self.persist_error:

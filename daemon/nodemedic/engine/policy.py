@@ -42,6 +42,19 @@ class Gate:
         # last episode (a flap), and the engine applies it once it knows the first step needed.
         return ""
 
+    def refuse_next_step(self, record: ProblemRecord, forced: bool) -> str:
+        """Why a ladder under way may not go on to its next step: what the operator changed while
+        a step ran, by pausing or by a reload (observe mode, the problem disabled). The step under
+        way finishes; none is started after it."""
+        settings = self.ctx.settings
+        if self.paused:
+            return "paused by the operator"
+        if settings.daemon.mode == "observe":
+            return "mode is observe"
+        if not forced and not settings.problem_enabled(record.problem):
+            return "disabled in configuration"
+        return ""
+
     def refuse_change(self) -> str:
         """Why no change to the node that repairs no problem (engine/tidy.py) may be made now."""
         if self.ctx.settings.daemon.mode == "observe":
