@@ -120,7 +120,7 @@ def test_sigkill_mid_repair_resumes_by_verifying_and_never_repeats(medic: Node):
     # Deleting and recreating the directory loses containerd's fsnotify watch (containerd#11209):
     # the placeholder is written but CRI stays not ready, so nodemedic sits in "verifying".
     medic.run(["rm", "-rf", CNI_DIR])
-    medic.run(["mkdir", CNI_DIR])
+    medic.run(["mkdir", "-p", CNI_DIR])  # nodemedic may have made it again already (its placeholder)
     medic.wait_for(lambda: phase(medic, "cni-config-missing") == "verifying", timeout=60, interval=0.2,
                    what="nodemedic verifying the placeholder")
     medic.systemctl("kill", "--signal=SIGKILL", "nodemedic")
@@ -154,7 +154,7 @@ def test_a_vanished_system_bus_is_reported_once_and_reconnected(medic: Node):
     assert medic.unit_state("nodemedic.service").main_pid == main_pid
     cursor = medic.cursor()
     medic.run(["rm", "-rf", CNI_DIR])
-    medic.run(["mkdir", CNI_DIR])
+    medic.run(["mkdir", "-p", CNI_DIR])  # nodemedic may have made it again already (its placeholder)
     wait_healed(medic, "cni-config-missing", since=cursor, timeout=90)
     assert medic.cri_status().network_ready
     again = [e for e in nodemedic_entries(medic, Kind.SOURCE_TROUBLE, cursor) if e.get("NODEMEDIC_SOURCE") == "units"]
