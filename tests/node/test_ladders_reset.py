@@ -17,8 +17,10 @@ ladder). `forget` fails if it is refused for anything but a step under way: the 
 In the allowed test only the ladder under test may act: containerd-crash-loop and runtime-down,
 raised by the same crash loop, are disabled there; their ladders end in the node reset, which
 also moves the root aside (tests/node/test_ladders_node_reset.py), and which problem gets the
-one repair slot first is a race. The engine's re-check after waiting for that slot keeps the
-loser from moving a second root.
+one repair slot first is a race. A rival mid-step when the reload disables it finishes that
+step and starts no other (a CI run once saw one climb on to the node reset the same reload
+allowed; the engine now holds it, tests/unit/test_engine.py). The engine's re-check after
+waiting for that slot keeps the loser from moving a second root.
 
 Which kubelet (testbed/kubelet_bed.py): on bookworm and trixie (containerd 1.6/1.7, CRI v1alpha2)
 the real kubelet 1.20.2, registered with a control plane of the module's own, runs through the
