@@ -103,11 +103,22 @@ def host_measures(run: Runner, sizes: Sizes) -> None:
     run.report.keep("match", match.row() if match else None)
 
 
+def node_stack(bench: BenchNode) -> str:
+    """The node's release and the versions of what nodemedic works with, as its dpkg says."""
+    os_release = dict(line.split("=", 1) for line in bench.node.run(["cat", "/etc/os-release"]).stdout.splitlines()
+                      if "=" in line)
+    release = os_release.get("PRETTY_NAME", "?").strip('"')
+    versions = bench.node.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\n", "systemd", "containerd", "runc"]
+                              ).stdout.split("\n")
+    return f"{release} (stack `{bench.node.stack.name}`): " + ", ".join(v for v in versions if v)
+
+
 def node_measures(run: Runner, sizes: Sizes) -> None:
     report = run.report
     with BenchNode.booted() as bench:
         report.node_python = bench.node.run([NODE_PYTHON, "-c", "import platform; print(platform.python_version())"]
                                             ).stdout.strip()
+        report.node_stack = node_stack(bench)
         cni = run.step("CNI fault cycles", lambda: cni_runs(bench, sizes.cni_runs))
         # The PLEG signature needs a minute of lines first; what does not touch nodemedic runs meanwhile.
         streak = run.step("PLEG streak", lambda: start_streak(bench)) or time.monotonic()
