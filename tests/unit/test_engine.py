@@ -542,6 +542,59 @@ def test_an_operators_repair_of_a_disabled_problem_climbs_on(tmp_path):
     assert (first.applied, second.applied) == (1, 1) and store.load().problems["demo"].phase == Phase.HEALED
 
 
+def confirm_with(engine, monkeypatch, attempts: int, interval: float, take: bool) -> list[float]:
+    """Run one episode with this verify schedule; the sleeps the engine asked for (taken, or
+    cut to nothing)."""
+    engine.ctx.settings = dataclasses.replace(engine.ctx.settings, policy=dataclasses.replace(
+        engine.ctx.settings.policy, verify_attempts=attempts, verify_interval=interval))
+    asked: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float, *args, **kwargs) -> None:
+        asked.append(seconds)
+        await real_sleep(seconds if take else 0)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    asyncio.run(episode(engine))
+    return asked
+
+
+calls: list[int] = []
+
+
+async def broken_from_the_fourth_look(ctx) -> bool:
+    calls.append(1)
+    return len(calls) >= 4
+
+
+def test_a_suspicion_is_looked_at_again_soon_first(tmp_path, monkeypatch):
+    """containerd may notice a removed CNI config a few ms after nodemedic: the second look
+    comes after 10 ms, not after a whole verify_interval, and doubles from there."""
+    calls.clear()
+    step = FakeStep("one", heals=True)
+    engine, store = make_engine(tmp_path, [step], confirm=broken_from_the_fourth_look)
+    asked = confirm_with(engine, monkeypatch, attempts=5, interval=1.0, take=False)
+    assert len(calls) == 4 and step.applied == 1
+    assert asked[:3] == [0.01, 0.02, 0.04], asked
+
+
+async def never_broken(ctx) -> bool:
+    calls.append(1)
+    return False
+
+
+def test_a_suspicion_is_given_as_many_looks_and_as_long_as_before(tmp_path, monkeypatch):
+    """Soon first, but never fewer looks than verify_attempts, and the waits grow to
+    verify_interval (the window, attempts − 1 intervals, is kept by tenacity's clock)."""
+    calls.clear()
+    step = FakeStep("one", heals=True)
+    engine, store = make_engine(tmp_path, [step], confirm=never_broken)
+    asked = confirm_with(engine, monkeypatch, attempts=3, interval=0.05, take=True)
+    assert step.applied == 0 and store.load().problems["demo"].phase == Phase.IDLE
+    waits = [a for a in asked if a > 0]
+    assert len(calls) >= 3 and waits[:3] == [0.01, 0.02, 0.04] and max(waits) == 0.05, waits
+
+
 # -- the cooldown gates a flap, not a new fault (item 11) -------------------------------------
 
 @dataclasses.dataclass
