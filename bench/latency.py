@@ -153,8 +153,9 @@ def detection_rows(cni: list[dict[str, Any]], lines: list[dict[str, Any]], poll:
         "NetworkReady=false. Measured from the unlink (CLOCK_REALTIME in the node) to the "
         "`__REALTIME_TIMESTAMP` of nodemedic's STEP_STARTED entry.",
         f"Breakdown (medians): fault → SUSPECTED {ms(median(deltas(cni, 'fault', 'suspected')))}, "
-        f"SUSPECTED → CONFIRMED (live CRI probe, retried every verify_interval until containerd has "
-        f"noticed) {ms(median(deltas(cni, 'suspected', 'confirmed')))}, CONFIRMED → STEP_STARTED "
+        f"SUSPECTED → CONFIRMED (live CRI probe, looked at again after 10 ms, doubling up to "
+        f"verify_interval, until containerd has noticed) {ms(median(deltas(cni, 'suspected', 'confirmed')))}, "
+        f"CONFIRMED → STEP_STARTED "
         f"{ms(median(deltas(cni, 'confirmed', 'step')))}; containerd's own 'failed to reload cni "
         f"configuration' line came {ms(median(deltas(cni, 'fault', 'containerd_line')))} after the fault, "
         f"CRI said NetworkReady=false after {ms(median(deltas(cni, 'fault', 'cri_not_ready')))}.",
