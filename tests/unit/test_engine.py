@@ -559,40 +559,37 @@ def confirm_with(engine, monkeypatch, attempts: int, interval: float, take: bool
     return asked
 
 
-calls: list[int] = []
+class CountingProbe:
+    """A confirming probe that counts its looks and sees the fault from look `broken_from` on
+    (never when 0)."""
 
+    def __init__(self, broken_from: int) -> None:
+        self.broken_from, self.calls = broken_from, 0
 
-async def broken_from_the_fourth_look(ctx) -> bool:
-    calls.append(1)
-    return len(calls) >= 4
+    async def __call__(self, ctx) -> bool:
+        self.calls += 1
+        return 0 < self.broken_from <= self.calls
 
 
 def test_a_suspicion_is_looked_at_again_soon_first(tmp_path, monkeypatch):
     """containerd may notice a removed CNI config a few ms after nodemedic: the second look
     comes after 10 ms, not after a whole verify_interval, and doubles from there."""
-    calls.clear()
-    step = FakeStep("one", heals=True)
-    engine, store = make_engine(tmp_path, [step], confirm=broken_from_the_fourth_look)
+    probe, step = CountingProbe(broken_from=4), FakeStep("one", heals=True)
+    engine, store = make_engine(tmp_path, [step], confirm=probe)
     asked = confirm_with(engine, monkeypatch, attempts=5, interval=1.0, take=False)
-    assert len(calls) == 4 and step.applied == 1
+    assert probe.calls == 4 and step.applied == 1
     assert asked[:3] == [0.01, 0.02, 0.04], asked
 
 
-async def never_broken(ctx) -> bool:
-    calls.append(1)
-    return False
-
-
-def test_a_suspicion_is_given_as_many_looks_and_as_long_as_before(tmp_path, monkeypatch):
+def test_a_suspicion_gets_at_least_its_looks_and_the_waits_grow_to_verify_interval(tmp_path, monkeypatch):
     """Soon first, but never fewer looks than verify_attempts, and the waits grow to
     verify_interval (the window, attempts − 1 intervals, is kept by tenacity's clock)."""
-    calls.clear()
-    step = FakeStep("one", heals=True)
-    engine, store = make_engine(tmp_path, [step], confirm=never_broken)
+    probe, step = CountingProbe(broken_from=0), FakeStep("one", heals=True)
+    engine, store = make_engine(tmp_path, [step], confirm=probe)
     asked = confirm_with(engine, monkeypatch, attempts=3, interval=0.05, take=True)
     assert step.applied == 0 and store.load().problems["demo"].phase == Phase.IDLE
     waits = [a for a in asked if a > 0]
-    assert len(calls) >= 3 and waits[:3] == [0.01, 0.02, 0.04] and max(waits) == 0.05, waits
+    assert probe.calls >= 3 and waits[:3] == [0.01, 0.02, 0.04] and max(waits) == 0.05, waits
 
 
 # -- the cooldown gates a flap, not a new fault (item 11) -------------------------------------
