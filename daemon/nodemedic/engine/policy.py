@@ -25,38 +25,29 @@ class Gate:
 
     def refuse_episode(self, record: ProblemRecord, remedy: Remedy | None, forced: bool = False) -> str:
         """Why no repair may start for this problem now, or "" when it may."""
-        settings = self.ctx.settings
         if remedy is None:
             return "no remedy is known for this problem; reporting only"
         if remedy.report_only:
             return remedy.report_only
-        if settings.daemon.mode == "observe":
-            return "mode is observe"
-        if self.paused:
-            return "paused by the operator"
-        if forced:
-            return ""  # an operator's explicit request: disabled and cooldown are for automation
-        if not settings.problem_enabled(record.problem):
-            return "disabled in configuration"
         # The cooldown is not an episode's business: it holds back only the step that healed the
         # last episode (a flap), and the engine applies it once it knows the first step needed.
-        return ""
+        return self.refuse_next_step(record, forced)
 
     def refuse_next_step(self, record: ProblemRecord, forced: bool) -> str:
-        """Why a ladder under way may not go on to its next step: what the operator changed while
-        a step ran, by pausing or by a reload (observe mode, the problem disabled). The step under
-        way finishes; none is started after it."""
-        settings = self.ctx.settings
-        if self.paused:
-            return "paused by the operator"
-        if settings.daemon.mode == "observe":
-            return "mode is observe"
-        if not forced and not settings.problem_enabled(record.problem):
+        """Why a ladder may not start, or go on to its next step: what the operator says now, by
+        pausing or by the configuration (observe mode, the problem disabled). A step under way
+        finishes; none is started after it."""
+        held = self.refuse_change()
+        if held:
+            return held
+        if not forced and not self.ctx.settings.problem_enabled(record.problem):
+            # An operator's explicit request passes: disabled (and cooldown) are for automation.
             return "disabled in configuration"
         return ""
 
     def refuse_change(self) -> str:
-        """Why no change to the node that repairs no problem (engine/tidy.py) may be made now."""
+        """Why nodemedic may change nothing on the node now: a change that repairs no problem
+        (engine/tidy.py) asks this alone, a repair step asks it through refuse_next_step."""
         if self.ctx.settings.daemon.mode == "observe":
             return "mode is observe"
         if self.paused:
