@@ -1,7 +1,8 @@
 """What the safety module costs per file change, by how many mounts the node has.
 
-Every change (atomic_write, remove_file, ensure_dir, remove_tree) reads /proc/self/mountinfo
-afresh, judges the path against it and walks the directory's ancestors by "..". A kubelet node
+Every change (atomic_write, remove_file, ensure_dir, remove_tree) judges the path against the
+mount table (/proc/self/mountinfo, parsed again only when it changed: nodemedic.mounts.MountTable)
+and walks the directory's ancestors by "..". A kubelet node
 has a few mounts per pod (projected volumes, secrets, the container rootfs, shm), so hundreds to a
 couple of thousand. This runs in a private mount namespace (`unshare --mount --propagation
 private`, re-executed by itself) and adds N tmpfs mounts shaped like kubelet's pod volumes, so it
@@ -61,10 +62,6 @@ def measure(base: Path, mounts: list[int], n: int) -> None:
         doomed.write_bytes(b"x")  # not timed apart: a plain write is a few µs beside the removal
         remove_file(guard, doomed)
 
-    _table(base, guard, target, remove, mounts, n)
-
-
-def _table(base: Path, guard: Guard, target: Path, remove, mounts: list[int], n: int) -> None:
     made = 0
     print(f"{'mounts':>7} {'read_mountinfo':>16} {'Guard.check':>13} {'remove_file':>13} {'atomic_write':>14}")
     for count in mounts:
